@@ -1,0 +1,174 @@
+"""Tasks: generators verify, corruptions are rejected, formats round-trip, splits are disjoint."""
+import json, subprocess, sys
+import numpy as np
+import pytest
+from tasks import (MASK, PAD, SEP, TaskFormatError, get_task, generate, load_splits, make_splits,
+                   read_examples, sudoku_solve, write_examples)
+
+CONFIGS = [('sudoku', dict(size=4, givens=6)), ('sudoku', dict(size=6, givens=14)),
+           ('sudoku', dict(size=9, givens=30)), ('sudoku_gen', dict(size=6)),
+           ('countdown', dict(n_numbers=4)), ('zebra', dict(houses=3, attributes=3)),
+           ('zebra', dict(houses=4, attributes=4)), ('path_star', dict(degree=3, arm_length=4, n_nodes=30))]
+
+
+def corrupt(task, problem, answer, rng):
+    """Change one unit of the answer: a cell, a digit, an edge."""
+    if task.name.startswith('sudoku'):
+        i = int(rng.integers(len(answer)))
+        d = str(int(answer[i]) % task.n + 1)
+        return answer[:i] + d + answer[i + 1:]
+    if task.name == 'countdown':
+        steps = answer.split(',')
+        a, rest = steps[-1].split('=')
+        steps[-1] = f'{a}={int(rest) + 1}'
+        return ','.join(steps)
+    if task.name == 'zebra':
+        rows = answer.split('|')
+        r = rows[0]
+        rows[0] = r[1] + r[0] + r[2:]                      # swap two houses of attribute 0
+        return '|'.join(rows)
+    path = answer.split(',')
+    path[len(path) // 2] = str((int(path[len(path) // 2]) + 1) % task.options['n_nodes'])
+    return ','.join(path)
+
+
+@pytest.mark.parametrize('name,options', CONFIGS)
+def test_generated_examples_verify_and_corruptions_fail(name, options):
+    task = get_task(name, **options)
+    rng = np.random.default_rng(0)
+    examples = generate(task, 12 if name != 'zebra' else 6, seed=1, workers=1)
+    for problem, answer in examples:
+        assert task.verify(problem, answer), (problem, answer)
+        assert not task.verify(problem, corrupt(task, problem, answer, rng))
+        ids, answer_mask = task.encode(problem, answer)
+        assert ids.shape == (task.seq_len,) and ids[task.prompt_len] == SEP
+        assert answer_mask.sum() == task.answer_len and not answer_mask[:task.prompt_len + 1].any()
+        assert task.decode_answer(ids) == answer            # encoding round-trips
+        masked, _ = task.encode(problem)
+        assert (masked[answer_mask] == MASK).all() and (masked[~answer_mask] == ids[~answer_mask]).all()
+
+
+def test_same_seed_same_data_any_worker_count():
+    task = get_task('sudoku', size=6, givens=14)
+    a = generate(task, 600, seed=3, workers=1, chunk_size=256)
+    b = generate(task, 600, seed=3, workers=2, chunk_size=256)
+    assert a == b and generate(task, 600, seed=4, workers=1, chunk_size=256) != a
+
+
+@pytest.mark.parametrize('size,givens', [(4, 5), (6, 12), (9, 28)])
+def test_sudoku_puzzles_have_exactly_one_solution(size, givens):
+    task = get_task('sudoku', size=size, givens=givens)
+    for problem, answer in generate(task, 20, seed=0, workers=1):
+        assert sum(c != '.' for c in problem) == givens
+        sols = sudoku_solve([0 if c == '.' else int(c) for c in problem], size, limit=2)
+        assert len(sols) == 1 and ''.join(map(str, sols[0])) == answer
+
+
+def test_sudoku_verifier_accepts_any_valid_answer():
+    task = get_task('sudoku', size=4, givens=0)
+    empty = '.' * 16
+    for a in {ans for _, ans in generate(get_task('sudoku_gen', size=4), 5, seed=0, workers=1)}:
+        assert task.verify(empty, a)                       # any valid grid solves an empty puzzle
+    problem, answer = generate(get_task('sudoku', size=4, givens=6), 1, seed=0, workers=1)[0]
+    given = next(i for i, c in enumerate(problem) if c != '.')
+    other = [a for _, a in generate(get_task('sudoku_gen', size=4), 50, seed=2, workers=1) if a[given] != problem[given]]
+    assert other and not task.verify(problem, other[0])  # valid grid but a given changed
+
+
+def test_zebra_puzzles_have_exactly_one_solution():
+    task = get_task('zebra', houses=4, attributes=3)
+    for problem, answer in generate(task, 8, seed=0, workers=1):
+        clues = task.parse_clues(problem)
+        assert task.count_solutions(clues, limit=10) == 1
+        assert all(task.count_solutions([c for c in clues if c != drop], limit=2) == 2 for drop in clues)
+
+
+def test_countdown_verifier_rules():
+    task = get_task('countdown', n_numbers=4)
+    p = '80,58,11,83,81'
+    assert task.verify(p, '80-58=22,22/11=2,83-2=81')
+    assert not task.verify(p, '80-58=22,22/11=2,83-2=80')   # wrong arithmetic
+    assert not task.verify(p, '80-58=22,22-11=11,83-11=72')  # wrong final value
+    assert not task.verify(p, '80+80=160,160-79=81')          # 80 used twice, 79 not given
+    assert not task.verify('7,2,3,9,5', '7/2=3,3+2=5')        # inexact division
+    assert not task.verify(p, '')
+
+
+def test_countdown_heldout_targets_are_disjoint():
+    task = get_task('countdown', n_numbers=3, heldout_targets=True)
+    splits = make_splits(task, 200, 50, 50, seed=0)
+    target = lambda ex: int(ex[0].split(',')[-1])
+    train_t = {target(e) for e in splits['train']}
+    test_t = {target(e) for e in splits['test']} | {target(e) for e in splits['val']}
+    assert train_t and test_t and not train_t & test_t
+
+
+@pytest.mark.parametrize('name,options', CONFIGS[::2])
+def test_splits_share_no_example(name, options, tmp_path):
+    task = get_task(name, **options)
+    splits = load_splits(task, 60, 20, 20, seed=0, data_dir=str(tmp_path))
+    keys = {k: {p or a for p, a in v} for k, v in splits.items()}
+    assert [len(keys[k]) for k in ('train', 'val', 'test')] == [60, 20, 20]
+    assert not keys['train'] & keys['test'] and not keys['train'] & keys['val'] and not keys['val'] & keys['test']
+    assert load_splits(task, 60, 20, 20, seed=0, data_dir=str(tmp_path)) == splits   # the cache
+
+
+@pytest.mark.parametrize('name,options', CONFIGS)
+def test_file_round_trip(name, options, tmp_path):
+    task = get_task(name, **options)
+    examples = generate(task, 5, seed=0, workers=1)
+    path = tmp_path / 'x.txt'
+    write_examples(task, str(path), examples)
+    assert read_examples(task, str(path)) == examples
+
+
+def test_sudoku_standard_formats(tmp_path):
+    task = get_task('sudoku', size=9)
+    (problem, answer), = generate(task, 1, seed=0, workers=1)
+    path = tmp_path / 'p.txt'
+    path.write_text(f'{problem.replace(".", "0")}   # from somewhere\n{problem}\n\n{problem},{answer}\n')
+    assert read_examples(task, str(path)) == [(problem, None), (problem, None), (problem, answer)]
+    csv_path = tmp_path / 'p.csv'
+    csv_path.write_text(f'id,puzzle,solution\n0,{problem},{answer}\n')
+    assert read_examples(task, str(csv_path)) == [(problem, answer)]
+
+
+BAD_LINES = [('sudoku', dict(size=4), '1234'),                   # wrong length
+             ('sudoku', dict(size=4), '1.3.x...........'),       # character outside the alphabet
+             ('sudoku', dict(size=4), '11..............'),       # givens conflict
+             ('countdown', {}, '{"input": "1,2,3'),                # broken JSON
+             ('path_star', {}, '1,2|3/1,2=1,2'),                   # edge list does not parse
+             ('zebra', {}, 'Q0.1=0123|0123|0123|0123')]           # clue does not parse
+
+
+@pytest.mark.parametrize('name,options,bad', BAD_LINES)
+def test_malformed_lines_name_file_and_line(name, options, bad, tmp_path):
+    task = get_task(name, **options)
+    good = task.format_line(*generate(task, 1, seed=0, workers=1)[0])
+    path = tmp_path / 'in.txt'
+    path.write_text(f'{good}\n{bad}\n{good}\n')
+    with pytest.raises(TaskFormatError, match=rf'in.txt:2: '):
+        read_examples(task, str(path))
+    examples, errors = read_examples(task, str(path), skip_bad=True)
+    assert len(examples) == 2 and len(errors) == 1 and ':2:' in errors[0]
+
+
+def test_cli_check_last_line_is_json(tmp_path):
+    task = get_task('sudoku', size=4, givens=6)
+    examples = generate(task, 4, seed=0, workers=1)
+    examples[1] = (examples[1][0], examples[2][1])       # one wrong answer
+    path = tmp_path / 'a.txt'
+    write_examples(task, str(path), examples)
+    out = subprocess.run([sys.executable, 'tasks.py', '--task=sudoku', '--size=4', f'--check={path}'],
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == {'task': 'sudoku', 'n': 4, 'valid': 3, 'skipped': 0}
+    bad = subprocess.run([sys.executable, 'tasks.py', '--task=sudoku', '--size=4', '--check=/nonexistent'],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and 'Traceback' not in bad.stderr and 'nonexistent' in bad.stderr
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(ValueError, match='valid'):
+        get_task('sudoku', sizes=9)
+    with pytest.raises(ValueError, match='choose from'):
+        get_task('chess')
