@@ -226,15 +226,29 @@ class Task:
 class Sudoku(Task):
     name = 'sudoku'
 
-    def __init__(self, size=9, givens=None):
+    def __init__(self, size=9, givens=None, layout='inplace'):
         if size not in BOXES:
             raise ValueError(f'sudoku size must be one of {sorted(BOXES)}, got {size}')
+        if layout not in ('inplace', 'prompt'):
+            raise ValueError("sudoku layout must be 'inplace' or 'prompt'")
         self.n = size
-        givens = {4: 6, 6: 14, 9: 30}[size] if givens is None else givens
+        givens = {4: 6, 6: 12, 9: 30}[size] if givens is None else givens
         if not 0 <= givens <= size * size:
             raise ValueError(f'givens must be in 0..{size * size}')
-        self.options = dict(size=size, givens=givens)
-        self.setup([str(d) for d in range(1, 10)] + ['.'], size * size, size * size)
+        self.options = dict(size=size, givens=givens, layout=layout)
+        # inplace: [SEP] grid, the givens clean in place, only blank cells in the answer mask
+        #          (short sequences; what diffusion models use).
+        # prompt:  puzzle [SEP] full grid: a left-to-right model sees every given first (AR).
+        self.setup([str(d) for d in range(1, 10)] + ['.'], size * size if layout == 'prompt' else 0, size * size)
+
+    def encode(self, problem, answer=None):
+        if self.options['layout'] == 'prompt':
+            return super().encode(problem, answer)
+        ids, answer_mask = super().encode('', answer if answer is not None else problem)
+        blank = np.array([c == '.' for c in problem])
+        answer_mask[1:] = blank
+        if answer is None: ids[1:][blank] = MASK
+        return ids, answer_mask
 
     def generate(self, count, rng):
         out = []
@@ -300,6 +314,7 @@ class Sudoku(Task):
 class SudokuGen(Sudoku):
     """Unconditional generation of complete valid grids: empty prompt, the grid is the answer."""
     name = 'sudoku_gen'
+    encode = Task.encode
 
     def __init__(self, size=9):
         if size not in BOXES:
