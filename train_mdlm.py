@@ -106,6 +106,11 @@ def resolve_system(cfg):
 # model is time-agnostic. SCDM draws a fresh random rank per position: masked position i sees
 # the masked positions of lower rank, so one batch trains every latent count 0..|M|-1.
 
+def mdlm_loss(ce, masked, t, answer_mask):
+    """The equation above, given per-token cross-entropy ce [B, T], the mask and t [B]."""
+    return (ce * masked / t[:, None]).sum() / answer_mask.sum()
+
+
 def diffusion_loss(model, ids, answer_mask, cfg, gen):
     B, T = ids.shape
     u = (torch.rand(1, generator=gen, device=ids.device) + torch.arange(B, device=ids.device) / B) % 1
@@ -114,7 +119,7 @@ def diffusion_loss(model, ids, answer_mask, cfg, gen):
     rank = torch.rand(B, T, generator=gen, device=ids.device)  # only used by semi_causal
     x_t = ids.masked_fill(masked, MASK)
     _, ce = model(x_t, mask=attention_mask(cfg.attn, masked, rank), targets=ids)
-    loss = (ce * masked / t[:, None]).sum() / answer_mask.sum()
+    loss = mdlm_loss(ce, masked, t, answer_mask)
     plain_ce = (ce * masked).sum() / masked.sum().clamp(min=1)  # easier to read than the ELBO
     return loss, plain_ce
 
@@ -229,13 +234,13 @@ def train(cfg, loss_fn=diffusion_loss, structure=None, decoder=None, quiet=False
                 for e, p in zip(ema, model.parameters()): e.lerp_(p, 1 - cfg.ema)
         tokens += ids.shape[1] * cfg.batch_size
         if step % 10 == 0:
-            bar.set_postfix(loss=f'{float(loss):.4f}', ce=f'{float(ce):.4f}', lr=f'{lr:.1e}',
+            bar.set_postfix(loss=f'{loss.item():.4f}', ce=f'{ce.item():.4f}', lr=f'{lr:.1e}',
                             tok_s=f'{tokens / (time.time() - t0):.0f}', val_acc=metrics.get('val_accuracy', '-'))
         last = step + 1 == cfg.max_iters
         if (step + 1) % cfg.eval_interval == 0 or last:
             step += 1                                   # the checkpoint holds the *next* step
             metrics, eval_state = run_eval()
-            metrics['train_loss'] = float(loss)
+            metrics['train_loss'] = loss.item()
             history.append(metrics)
             save(metrics, eval_state)
             if not quiet:

@@ -1,0 +1,96 @@
+"""model.py: attention-structure semantics (by perturbation), position ids, KV cache pieces."""
+import itertools
+import pytest
+import torch
+from model import ModelConfig, Transformer, attention_mask
+
+torch.manual_seed(0)
+V, T = 12, 9
+
+
+def tiny(n_layer=2):
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(vocab_size=V, block_size=32, n_layer=n_layer, n_head=2, n_embd=32)).eval()
+
+
+def influence(model, x, mask, is_causal=False):
+    """[T, T] bool: does changing the token at key j change the output at query i?"""
+    base, _ = model(x, mask=mask, is_causal=is_causal)
+    out = torch.zeros(T, T, dtype=torch.bool)
+    for j in range(T):
+        y = x.clone(); y[0, j] = (y[0, j] + 1) % V
+        changed, _ = model(y, mask=mask, is_causal=is_causal)
+        out[:, j] = (changed - base)[0].abs().amax(-1) > 1e-5
+    return out
+
+
+MASKED = torch.tensor([[0, 0, 1, 1, 0, 1, 1, 1, 0]], dtype=torch.bool)
+RANK = torch.tensor([[0.0, 0.0, 0.7, 0.1, 0.0, 0.9, 0.3, 0.5, 0.0]])
+
+
+def expected(structure, window=None):
+    m, r = MASKED[0], RANK[0]
+    allow = torch.zeros(T, T, dtype=torch.bool)
+    order = {i: k for k, i in enumerate(torch.nonzero(m).flatten().tolist())}   # prefix: distance from cut
+    for i, j in itertools.product(range(T), range(T)):
+        if structure == 'full': allow[i, j] = True
+        elif structure == 'causal': allow[i, j] = j <= i
+        elif structure == 'independent': allow[i, j] = (not m[j]) or i == j
+        elif structure == 'semi_causal':
+            allow[i, j] = (not m[j]) or i == j or (m[i] and r[j] < r[i])
+        else:
+            in_w = lambda p: (not m[p]) or order[p] < window
+            if structure == 'prefix': allow[i, j] = i == j or (in_w(i) and in_w(j))
+            elif not m[i]: allow[i, j] = i == j or (not m[j] and j <= i)
+            else: allow[i, j] = i == j or (in_w(i) and in_w(j))
+    return allow
+
+
+@pytest.mark.parametrize('structure', ['full', 'causal', 'independent', 'semi_causal', 'prefix', 'causal_prefix'])
+def test_each_query_sees_exactly_what_its_structure_allows(structure):
+    model = tiny()
+    x = torch.randint(3, V, (1, T))
+    rank = RANK
+    if structure in ('prefix', 'causal_prefix'):
+        rank = torch.cumsum(MASKED.float(), 1) - 1               # 0, 1, 2, ... from the first masked
+    mask = attention_mask(structure, MASKED, rank, window=2)
+    allowed = expected(structure, window=2)
+    if mask is not None:
+        assert torch.equal(mask[0], allowed)
+    seen = influence(model, x, mask, is_causal=structure == 'causal')
+    assert torch.equal(seen, allowed), f'{structure}: perturbation influence differs from the rule'
+
+
+def test_semi_causal_rank_semantics():
+    mask = attention_mask('semi_causal', MASKED, RANK)[0]
+    masked = torch.nonzero(MASKED[0]).flatten().tolist()
+    for i in masked:       # a masked position sees exactly the masked positions of lower rank
+        assert {j for j in masked if mask[i, j] and j != i} == {j for j in masked if RANK[0, j] < RANK[0, i]}
+    for i in torch.nonzero(~MASKED[0]).flatten().tolist():
+        assert not mask[i, MASKED[0]].any()           # clean queries never see masked keys
+    ind = attention_mask('independent', MASKED)[0]
+    for i in masked:
+        assert {j for j in masked if ind[i, j]} == {i}
+
+
+def test_subset_of_positions_with_position_ids_matches_full_sequence():
+    """Independent attention: a masked query sees clean + itself, so running only the clean
+    positions and that one query (with their position ids, in shuffled order) is exact."""
+    model = tiny()
+    x = torch.randint(3, V, (1, T))
+    full, _ = model(x, mask=attention_mask('independent', MASKED))
+    keep = torch.tensor([5, 0, 8, 1, 4])                      # masked position 5 and the clean ones
+    sub_masked = MASKED[:, keep]
+    sub, _ = model(x[:, keep], pos=keep[None], mask=attention_mask('independent', sub_masked))
+    assert torch.allclose(sub[0], full[0, keep], atol=1e-5)
+
+
+def test_position_ids_beyond_block_size_are_an_error():
+    with pytest.raises(ValueError, match='block_size'):
+        tiny()(torch.zeros(1, 40, dtype=torch.long))
+
+
+def test_parameter_count_and_flops():
+    model = tiny()
+    n = model.num_params()
+    assert n == sum(p.numel() for p in model.parameters()) and model.flops_per_token(T) > 6 * n

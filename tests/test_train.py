@@ -1,0 +1,78 @@
+"""train_mdlm.py: the loss on a hand-computed case, learning a tiny task, exact resume, settings."""
+import dataclasses, math
+import pytest
+import torch
+from model import load_checkpoint
+from train_mdlm import TrainConfig, diffusion_loss, mdlm_loss, settings, train
+
+
+def test_mdlm_loss_hand_computed():
+    ce = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    masked = torch.tensor([[1, 1, 0], [0, 1, 0]], dtype=torch.bool)
+    t = torch.tensor([0.5, 0.25])
+    answer = torch.ones(2, 3, dtype=torch.bool)
+    # (1/0.5 * (1 + 2) + 1/0.25 * 5) / 6 answer tokens
+    assert mdlm_loss(ce, masked, t, answer).item() == pytest.approx((6 + 20) / 6)
+
+
+class Uniform(torch.nn.Module):
+    """A model that knows nothing: uniform logits, so every masked token costs log V."""
+    def forward(self, x, mask=None, targets=None, **kw):
+        logits = torch.zeros(*x.shape, 7)
+        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction='none')
+        return logits, ce.view(x.shape)
+
+
+def test_diffusion_loss_weights_make_it_unbiased():
+    """E[1/t * #masked] = #answer tokens: a know-nothing model scores log V per answer token."""
+    ids = torch.randint(3, 7, (256, 20))
+    answer = torch.zeros(256, 20, dtype=torch.bool); answer[:, 5:] = True
+    gen = torch.Generator().manual_seed(0)
+    cfg = TrainConfig(attn='full')
+    losses = [diffusion_loss(Uniform(), ids, answer, cfg, gen) for _ in range(50)]
+    assert sum(l for l, _ in losses) / 50 == pytest.approx(math.log(7), rel=0.05)
+    assert all(ce == pytest.approx(math.log(7)) for _, ce in losses)
+
+
+def tiny(tmp_path, **kw):
+    cfg, _ = settings(['presets/tiny_test.json', f'--out_dir={tmp_path}/out', f'--data_dir={tmp_path}/data'])
+    return dataclasses.replace(cfg, **kw)
+
+
+@pytest.mark.parametrize('attn', ['full', 'semi_causal'])
+def test_tiny_model_learns_4x4_sudoku(attn, tmp_path):
+    metrics, path = train(tiny(tmp_path, attn=attn, max_iters=600, eval_interval=600), quiet=True)
+    assert metrics['val_loss'] < 0.6 * math.log(4)           # well under a uniform guess over 4 digits
+    assert metrics['val_accuracy'] > 0.1    # chance (10 blanks, 4 digits each) is about 1e-6
+
+
+def test_resume_reaches_the_same_state(tmp_path):
+    straight = tiny(tmp_path / 'a', max_iters=20, eval_interval=10, lr_decay='constant', eval_n=8)
+    train(straight, quiet=True)
+    first = tiny(tmp_path / 'b', max_iters=10, eval_interval=10, lr_decay='constant', eval_n=8)
+    train(first, quiet=True)                                  # "killed" after step 10
+    train(dataclasses.replace(first, max_iters=20, resume=True), quiet=True)
+    _, a = load_checkpoint(f'{tmp_path}/a/out/ckpt.pt')
+    _, b = load_checkpoint(f'{tmp_path}/b/out/ckpt.pt')
+    assert a['step'] == b['step'] == 20
+    for k in a['model']:
+        assert torch.equal(a['model'][k], b['model'][k]), k
+    for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+        assert torch.equal(sa['exp_avg'], sb['exp_avg']) and torch.equal(sa['exp_avg_sq'], sb['exp_avg_sq'])
+
+
+def test_unknown_setting_lists_valid_ones():
+    with pytest.raises(SystemExit, match='Valid settings:.*learning_rate'):
+        settings(['--learning_rat=1'])
+    with pytest.raises(SystemExit, match='bad value'):
+        settings(['--max_iters=many'])
+    cfg, _ = settings(['--task=countdown', '--n_numbers=3'])
+    assert cfg.task_options == {'n_numbers': 3}
+
+
+def test_resume_refuses_foreign_or_missing_checkpoint(tmp_path):
+    with pytest.raises(SystemExit, match='does not exist'):
+        train(tiny(tmp_path, resume=True), quiet=True)
+    (tmp_path / 'out').mkdir(); (tmp_path / 'out' / 'ckpt.pt').write_text('not a checkpoint')
+    with pytest.raises(SystemExit, match='not a readable checkpoint'):
+        train(tiny(tmp_path, resume=True), quiet=True)
