@@ -109,7 +109,7 @@ def decode_latent(model, x, n_latent=0, policy='uniform', tokens_per_step=1, n_c
         latent = masked & (order >= n_front) & (order < n_front + k[:, None])
         keep = ~masked | front | latent
         # trim: move kept positions to the front of each row (stable), cut to the longest row
-        idx = (~keep).to(torch.int8).argsort(1, stable=True)[:, :int(keep.sum(1).max())]
+        idx = (~keep).to(torch.int8).argsort(dim=1, stable=True)[:, :int(keep.sum(1).max())]
         valid = torch.gather(keep, 1, idx)
         x_sub = torch.gather(x, 1, idx)
         masked_sub = torch.gather(masked, 1, idx) & valid
