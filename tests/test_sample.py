@@ -1,0 +1,122 @@
+"""sample.py: the trimmed latent pass is exact and commits what it claims; decoders' step counts;
+evaluation agrees with the verifier; file input/output; clear errors for bad input."""
+import json, math, subprocess, sys
+import numpy as np
+import pytest
+import torch
+from model import ModelConfig, Transformer, attention_mask
+from sample import decode_latent, decode_mdm, evaluate
+from tasks import MASK, generate, get_task, write_examples
+from train_mdlm import settings, train
+
+TASK = get_task('sudoku', size=4, givens=6)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(vocab_size=len(TASK.vocab), block_size=TASK.seq_len, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+def puzzles(n, seed=0):
+    ex = generate(TASK, n, seed=seed, workers=1)
+    return ex, torch.from_numpy(np.stack([TASK.encode(p)[0] for p, _ in ex]))
+
+
+@pytest.mark.parametrize('k', [0, 2, 'all'])
+def test_latent_pass_processes_and_commits_exactly_what_it_claims(k):
+    model, (ex, x) = tiny_model(), puzzles(4)
+    trace = []
+    out, stats = decode_latent(model, x, n_latent=k, policy='uniform', gen=torch.Generator().manual_seed(0), trace=trace)
+    T, M = x.shape[1], int((x[0] == MASK).sum())                 # 10 blanks in every 4x4 puzzle here
+    assert len(trace) == M and stats['nfe'].tolist() == [M] * 4   # one committed position per pass
+    expected = sum(T - r + (r - 1 if k == 'all' else min(k, r - 1)) + 1 for r in range(M, 0, -1))
+    assert stats['positions'].tolist() == [expected] * 4           # |clean| + k + |D| per pass
+    for t in trace:
+        assert int(t['commit'].sum()) == 1 and int(t['latent'].sum()) == (int((t['x'] == MASK).sum()) - 1 if k == 'all' else min(k, int((t['x'] == MASK).sum()) - 1))
+        assert not (t['latent'] & t['commit']).any() and (t['x'][t['commit']] == MASK).all()
+    assert (out != MASK).all() and torch.equal(out[x != MASK], x[x != MASK])   # clean never changed
+
+
+def test_trimmed_pass_equals_full_untrimmed_pass():
+    """Semi-causal: D (rank k) sees clean + the k latents. The positions not in the pass have
+    higher ranks, so nobody D can see could see them: dropping them changes nothing."""
+    model, (_, x) = tiny_model(), puzzles(1)
+    masked = x == MASK
+    m_idx = torch.nonzero(masked[0]).flatten()
+    latent, decode, rest = m_idx[:3], m_idx[3:4], m_idx[4:]
+    rank = torch.zeros(1, x.shape[1])
+    rank[0, latent] = torch.tensor([0.0, 1.0, 2.0]); rank[0, decode] = 3.0
+    rank[0, rest] = 4.0 + torch.arange(len(rest)).float()
+    full, _ = model(x, mask=attention_mask('semi_causal', masked, rank))
+    keep = torch.cat([torch.nonzero(~masked[0]).flatten(), latent, decode])
+    keep = keep[torch.randperm(len(keep))]                       # any order, thanks to position ids
+    sub, _ = model(x[:, keep], pos=keep[None], mask=attention_mask('semi_causal', masked[:, keep], rank[:, keep]))
+    d = int((keep == decode).nonzero())
+    assert torch.allclose(sub[0, d], full[0, decode[0]], atol=1e-5)
+
+
+@pytest.mark.parametrize('m', [1, 3, 4])
+def test_tokens_per_step_finishes_in_ceil_passes(m):
+    model, (_, x) = tiny_model(), puzzles(3)
+    M = int((x[0] == MASK).sum())
+    for decode in (lambda: decode_mdm(model, x, 'full', tokens_per_step=m),
+                   lambda: decode_latent(model, x, n_latent=2, tokens_per_step=m, gen=torch.Generator().manual_seed(0))):
+        out, stats = decode()
+        assert stats['nfe'].tolist() == [math.ceil(M / m)] * 3 and (out != MASK).all()
+
+
+def test_rows_with_different_numbers_of_masked_positions():
+    model = tiny_model()
+    ex = generate(get_task('sudoku', size=4, givens=6), 1, seed=0, workers=1) + generate(get_task('sudoku', size=4, givens=9), 1, seed=0, workers=1)
+    x = torch.from_numpy(np.stack([TASK.encode(p)[0] for p, _ in ex]))
+    out, stats = decode_latent(model, x, n_latent=1, gen=torch.Generator().manual_seed(0))
+    assert stats['nfe'].tolist() == [10, 7] and (out != MASK).all()
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp('sc')
+    cfg, _ = settings(['presets/tiny_test.json', f'--out_dir={d}/out', f'--data_dir={d}/data', '--attn=semi_causal',
+                       '--max_iters=500', '--eval_interval=500'])
+    train(cfg, quiet=True)
+    return d
+
+
+def test_evaluation_accuracy_matches_the_verifier(trained):
+    from model import load_checkpoint
+    model, ckpt = load_checkpoint(f'{trained}/out/ckpt.pt')
+    ex = generate(TASK, 64, seed=5, workers=1)
+    r = evaluate(model, TASK, ex, 'semi_causal', dict(method='latent', n_latent='all', policy='confidence'), return_answers=True)
+    by_hand = sum(TASK.verify(p, a) for (p, _), a in zip(ex, r['answers']))
+    assert r['accuracy'] == by_hand / 64 and by_hand > 3          # a tiny model beats chance (~1e-6)
+
+
+def run(*args):
+    return subprocess.run([sys.executable, 'sample.py', *args], capture_output=True, text=True)
+
+
+def test_file_input_is_solved_and_written_in_the_same_format(trained, tmp_path):
+    ex = generate(TASK, 20, seed=9, workers=1)
+    src = tmp_path / 'puzzles.txt'
+    src.write_text(''.join(p.replace('.', '0') + '\n' for p, _ in ex))    # no solutions, '0' blanks
+    out = tmp_path / 'answers.txt'
+    r = run(f'--ckpt={trained}/out/ckpt.pt', f'--input={src}', f'--output={out}', '--n_latent=all')
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    lines = out.read_text().splitlines()
+    assert len(lines) == 20 and all(l.split(',')[0] == p for l, (p, _) in zip(lines, ex))
+    assert result['n'] == 20 and result['accuracy'] == sum(TASK.verify(*l.split(',')) for l in lines) / 20
+
+
+def test_bad_input_gives_one_clear_error(trained, tmp_path):
+    ck = f'--ckpt={trained}/out/ckpt.pt'
+    bad_file = tmp_path / 'nine.txt'
+    bad_file.write_text('.' * 81 + '\n')
+    cases = [(['--ckpt=/nope.pt', '--eval'], 'does not exist'),
+             ([f'--ckpt={bad_file}', '--eval'], 'not a readable checkpoint'),
+             ([ck, f'--input={bad_file}'], 'nine.txt:1: expected 16 cells'),
+             ([ck, '--frobnicate=1'], 'unknown setting'),
+             ([ck, '--eval', '--method=ar'], 'needs a causal model')]
+    for args, message in cases:
+        r = run(*args)
+        assert r.returncode != 0 and message in r.stderr and 'Traceback' not in r.stderr, (args, r.stderr)
