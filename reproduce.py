@@ -81,7 +81,9 @@ def main(argv):
         for name, kw, loss, structure, dec in (
                 ('AR', dict(mtp_window=0), ar_loss, 'causal', dict(method='ar')),
                 ('AR+MTP', dict(mtp_window=-1), mtp_loss, 'prefix', dict(method='ar_mtp', window=-1)),
-                ('AR-NTP', dict(mtp_window=-1, ntp_only=True), mtp_loss, 'prefix', dict(method='ar_mtp', window=-1))):
+                ('AR-NTP', dict(mtp_window=-1, ntp_only=True), mtp_loss, 'prefix', dict(method='ar_mtp', window=-1)),
+                ('AR+MTP causal prefix', dict(mtp_window=-1, prefix='causal'), mtp_loss, 'causal_prefix',
+                 dict(method='ar_mtp', window=-1))):   # ours: a KV-cacheable prefix; does accuracy hold?
             settings = {**path, **kw}
             c = TrainConfig(task='path_star', seed=seed, device=cfg.device, out_dir=f'{cfg.out}/ckpt/{name}_seed{seed}', **settings)
             _, p = train(c, loss, structure, dec, quiet=cfg.scale == 'smoke')

@@ -269,6 +269,7 @@ class SampleConfig:
     sweep_latent: str = ''           # e.g. 0,1,2,4,8,all
     sweep_window: str = ''           # e.g. 1,2,4,8 (AR+MTP)
     ref_ckpts: str = ''              # comma-separated MDM/SIDM checkpoints drawn as reference lines
+    bench_cache: bool = False        # time cached vs uncached decoding (and vs --ref_ckpts) in one run
     results: str = ''                # sweep output prefix (default: next to the checkpoint)
     batch_size: int = 256
     device: str = 'auto'
@@ -383,6 +384,25 @@ def plot_sweep(rows, refs, name, path):
     print(f'wrote {path}')
 
 
+def bench_cache(model, ckpt, task, examples, cfg, device):
+    """Cached vs uncached decoding of one checkpoint, and (optionally) against reference
+    checkpoints with their own decoders (e.g. full-prefix AR+MTP), in one run: ratios, not times."""
+    decoder = decoder_for(ckpt, cfg, ckpt['structure'])
+    runs = [('cached', model, ckpt, dict(decoder, use_cache=True)), ('uncached', model, ckpt, dict(decoder, use_cache=False))]
+    for path in filter(None, cfg.ref_ckpts.split(',')):
+        m, c = load_checkpoint(path, device)
+        runs.append((f'{path} ({c["structure"]})', m.eval(), c, dict(decoder_for(c, dataclasses.replace(cfg, n_latent=''), c['structure']), use_cache=False)))
+    results = {}
+    for name, m, c, dec in runs:
+        evaluate(m, task, examples[:8], c['structure'], dec, cfg.batch_size, device, cfg.dtype)     # warm-up
+        results[name] = evaluate(m, task, examples, c['structure'], dec, cfg.batch_size, device, cfg.dtype, cfg.seed)
+    base = results['cached']
+    for name, r in results.items():
+        print(f'{name:40s} accuracy {r["accuracy"]:6.1%}  {1000 * r["seconds_per_sample"]:7.2f} ms/sample  '
+              f'{r["positions_per_sample"]:7.0f} positions/sample  speed-up of cached: {r["seconds"] / base["seconds"]:.2f}x')
+    print(json.dumps({name: {k: r[k] for k in ('accuracy', 'seconds', 'positions_per_sample')} for name, r in results.items()}))
+
+
 def main(argv):
     cfg = parse_settings(SampleConfig(), argv)
     device = pick_device(cfg.device)
@@ -406,6 +426,8 @@ def main(argv):
         examples = splits[cfg.split][:cfg.n]
     if cfg.show:
         return show(model, task, examples[0][0], decoder, device)
+    if cfg.bench_cache:
+        return bench_cache(model, ckpt, task, examples, cfg, device)
     if cfg.sweep_latent or cfg.sweep_window:
         sweep(model, ckpt, task, examples, cfg, device); return
     result = evaluate(model, task, examples, structure, decoder, cfg.batch_size, device, cfg.dtype, cfg.seed,

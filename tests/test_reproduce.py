@@ -9,7 +9,7 @@ def test_smoke_reproduction_writes_every_file(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = list(csv.DictReader(open(out / 'models.csv')))
-    assert {(r['model'], r['seed']) for r in rows} == {(m, s) for m in ('MDM', 'SIDM', 'SCDM', 'AR', 'AR+MTP', 'AR-NTP') for s in '01'}
+    assert {(r['model'], r['seed']) for r in rows} == {(m, s) for m in ('MDM', 'SIDM', 'SCDM', 'AR', 'AR+MTP', 'AR-NTP', 'AR+MTP causal prefix') for s in '01'}
     assert all(0 <= float(r['accuracy']) <= 1 and int(r['n']) == 32 for r in rows)
     for seed in '01':
         sweep = list(csv.DictReader(open(out / f'sweep_latent_seed{seed}.csv')))
