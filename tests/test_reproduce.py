@@ -20,3 +20,5 @@ def test_smoke_reproduction_writes_every_file(tmp_path):
     summary = json.load(open(out / 'summary.json'))
     assert summary['models']['MDM (random)']['per_seed'].__len__() == 2 and 'hardware' in summary
     assert (out / 'dial.png').stat().st_size > 1000
+    table = (out / 'table.md').read_text()
+    assert '| MDM | random |' in table and '| all |' in table

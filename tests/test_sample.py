@@ -108,6 +108,15 @@ def test_file_input_is_solved_and_written_in_the_same_format(trained, tmp_path):
     assert result['n'] == 20 and result['accuracy'] == sum(TASK.verify(*l.split(',')) for l in lines) / 20
 
 
+def test_decoder_must_fit_the_model():
+    from sample import SampleConfig, decoder_for
+    with pytest.raises(SystemExit, match='needs a semi_causal model'):
+        decoder_for({}, SampleConfig(n_latent='4'), 'full')
+    with pytest.raises(SystemExit, match='needs an AR\+MTP model'):
+        decoder_for({}, SampleConfig(method='ar_mtp'), 'semi_causal')
+    assert decoder_for({}, SampleConfig(n_latent='4'), 'semi_causal')['n_latent'] == 4
+
+
 def test_bad_input_gives_one_clear_error(trained, tmp_path):
     ck = f'--ckpt={trained}/out/ckpt.pt'
     bad_file = tmp_path / 'nine.txt'
