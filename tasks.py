@@ -18,7 +18,7 @@ CLI (same flags for every task where they make sense):
     python tasks.py --bench
 """
 import csv, hashlib, itertools, json, math, os, re, sys, time
-from multiprocessing import Pool
+from multiprocessing import get_context
 import numpy as np
 
 PAD, MASK, SEP = 0, 1, 2          # special token ids shared by every task
@@ -724,9 +724,11 @@ def generate(task, count, seed=0, split='train', workers=None, chunk_size=512):
     split_id = {'train': 0, 'val': 1, 'test': 2}[split]
     jobs = [(task.config(), seed * 3 + split_id, k, min(chunk_size, count - k * chunk_size), split)
             for k in range(math.ceil(count / chunk_size))]
-    workers = min(workers or os.cpu_count() or 1, len(jobs))
-    if workers > 1:
-        with Pool(workers) as pool:
+    if workers is None:          # small requests are faster in-process than starting workers
+        workers = os.cpu_count() if len(jobs) > 4 else 1
+    workers = min(workers, len(jobs))
+    if workers > 1:              # 'spawn': forking a process that already runs torch threads can hang
+        with get_context('spawn').Pool(workers) as pool:
             chunks = pool.map(_generate_chunk, jobs)
     else:
         chunks = [_generate_chunk(j) for j in jobs]
