@@ -330,6 +330,9 @@ def show(model, task, problem, decoder, device):
     print(f'answer {"verifies" if task.verify(problem, answer) else "is WRONG"}: {answer}')
 
 
+COST_COLUMNS = ('accuracy', 'nfe_per_sample', 'positions_per_sample', 'seconds_per_sample')
+
+
 def sweep(model, ckpt, task, examples, cfg, device):
     """The paper's Figure 1: accuracy and cost against the number of latent tokens k (or the AR
     window W), with MDM/SIDM reference lines. Writes <prefix>.csv, .json and (with matplotlib) .png."""
@@ -340,7 +343,7 @@ def sweep(model, ckpt, task, examples, cfg, device):
         dec = decoder_for(ckpt, dataclasses.replace(cfg, n_latent=v if name == 'n_latent' else '',
                                                     window=int(v) if name == 'window' else 0), structure)
         r = evaluate(model, task, examples, structure, dec, cfg.batch_size, device, cfg.dtype, cfg.seed)
-        rows.append(dict(k=v, **{c: r[c] for c in ('accuracy', 'nfe_per_sample', 'positions_per_sample', 'seconds_per_sample')}))
+        rows.append(dict(k=v, **{c: r[c] for c in COST_COLUMNS}))
         print(f'{name}={v:>4}: accuracy {r["accuracy"]:.1%}, {r["positions_per_sample"]:.0f} positions/sample, '
               f'{1000 * r["seconds_per_sample"]:.1f} ms/sample')
     refs = []
@@ -350,13 +353,13 @@ def sweep(model, ckpt, task, examples, cfg, device):
             raise SystemExit(f'error: reference {path} was trained on another task')
         dec = dict(method='mdm', order='random' if cfg.policy == 'uniform' else 'top_prob')
         r = evaluate(ref_model, task, examples, ref_ckpt['structure'], dec, cfg.batch_size, device, cfg.dtype, cfg.seed)
-        refs.append(dict(k=ref_ckpt['structure'], **{c: r[c] for c in ('accuracy', 'nfe_per_sample', 'positions_per_sample', 'seconds_per_sample')}))
+        refs.append(dict(k=ref_ckpt['structure'], **{c: r[c] for c in COST_COLUMNS}))
         print(f'reference {ref_ckpt["structure"]} ({dec["order"]} order): accuracy {r["accuracy"]:.1%}')
     prefix = cfg.results or os.path.join(os.path.dirname(cfg.ckpt), f'sweep_{name}')
     with open(prefix + '.csv', 'w') as f:
         f.write('k,accuracy,nfe_per_sample,positions_per_sample,seconds_per_sample\n')
         for r in rows + refs:
-            f.write(','.join(str(r[c]) for c in ('k', 'accuracy', 'nfe_per_sample', 'positions_per_sample', 'seconds_per_sample')) + '\n')
+            f.write(','.join(str(r[c]) for c in ('k',) + COST_COLUMNS) + '\n')
     with open(prefix + '.json', 'w') as f:
         json.dump(dict(task=ckpt['task_config'], sweep=name, policy=cfg.policy, n=len(examples), rows=rows, references=refs), f, indent=1)
     plot_sweep(rows, refs, name, prefix + '.png')

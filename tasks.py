@@ -17,7 +17,7 @@ CLI (same flags for every task where they make sense):
     python tasks.py --task=zebra --show --n=1
     python tasks.py --bench
 """
-import csv, hashlib, itertools, json, math, os, re, sys, time
+import csv, hashlib, inspect, itertools, json, math, os, re, sys, time
 from multiprocessing import get_context
 import numpy as np
 
@@ -657,12 +657,15 @@ class PathStar(Task):
 
 TASKS = {t.name: t for t in (Sudoku, SudokuGen, Countdown, Zebra, PathStar)}
 
+def task_options(name):
+    """The option names a task accepts (its constructor's parameters)."""
+    return list(inspect.signature(TASKS[name].__init__).parameters)[1:] if name in TASKS else []
+
 def get_task(name, **options):
     """get_task('sudoku', size=6, givens=14) -> a Task. Unknown names or options raise."""
     if name not in TASKS:
         raise ValueError(f'unknown task {name!r}; choose from {", ".join(TASKS)}')
-    import inspect
-    valid = list(inspect.signature(TASKS[name].__init__).parameters)[1:]
+    valid = task_options(name)
     bad = [k for k in options if k not in valid]
     if bad:
         raise ValueError(f'task {name} has no option(s) {bad}; valid: {valid}')

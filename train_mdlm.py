@@ -13,14 +13,14 @@ this loop with its own loss.
     python train_mdlm.py --resume                          # continue out_dir/ckpt.pt
     python train_mdlm.py --bench                           # training tokens/s per structure
 """
-import dataclasses, inspect, math, os, random, sys, time
+import dataclasses, math, os, random, sys, time
 from dataclasses import dataclass, field
 import numpy as np
 import torch
 from tqdm import tqdm
 from model import (ModelConfig, Transformer, STRUCTURES, attention_mask, autocast, load_checkpoint,
                    parse_settings, pick_device, save_checkpoint)
-from tasks import MASK, TASKS, get_task, load_splits, parse_value
+from tasks import MASK, TASKS, get_task, load_splits, parse_value, task_options
 from sample import default_decoder, evaluate
 
 
@@ -72,7 +72,7 @@ class TrainConfig:
     seed: int = 0
 
 
-TASK_OPTIONS = sorted({p for t in TASKS.values() for p in list(inspect.signature(t.__init__).parameters)[1:]})
+TASK_OPTIONS = sorted({p for name in TASKS for p in task_options(name)})
 
 
 def settings(argv, cfg=None):
@@ -80,7 +80,7 @@ def settings(argv, cfg=None):
     apply to the chosen task are dropped; a wrong task option is reported by get_task."""
     cfg, extra = parse_settings(cfg or TrainConfig(), argv, extra=TASK_OPTIONS + ['bench'])
     bench = extra.pop('bench', False)
-    valid = list(inspect.signature(TASKS[cfg.task].__init__).parameters)[1:] if cfg.task in TASKS else []
+    valid = task_options(cfg.task)
     cfg.task_options = {**{k: v for k, v in cfg.task_options.items() if k in valid},
                         **{k: parse_value(v) if isinstance(v, str) else v for k, v in extra.items()}}
     return cfg, bench
@@ -177,7 +177,7 @@ def train(cfg, loss_fn=diffusion_loss, structure=None, decoder=None, quiet=False
         if ema is not None and 'model' in ckpt:
             for e, v in zip(ema, ckpt['model'].values()): e.copy_(v)
         step, history = ckpt['step'], ckpt.get('history', [])
-        gen.set_state(ckpt['rng']['gen'].to(gen.get_state().device) if device != 'cuda' else ckpt['rng']['gen'].cpu())
+        gen.set_state(ckpt['rng']['gen'].cpu())        # generator states are CPU byte tensors
         torch.set_rng_state(ckpt['rng']['torch'])
         np.random.set_state(ckpt['rng']['numpy']); random.setstate(ckpt['rng']['python'])
     step_model = torch.compile(model) if use_compile else model
