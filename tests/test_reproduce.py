@@ -22,3 +22,17 @@ def test_smoke_reproduction_writes_every_file(tmp_path):
     assert (out / 'dial.png').stat().st_size > 1000
     table = (out / 'table.md').read_text()
     assert '| MDM | random |' in table and '| all |' in table
+
+
+def test_every_scale_builds_valid_settings():
+    """The gpu scale cannot be run in CI; at least its settings must be valid TrainConfigs and
+    tasks, so that a typo does not surface after an hour on a GPU."""
+    from reproduce import AR_MODELS, SCALES
+    from tasks import get_task
+    from train_mdlm import TrainConfig
+    names = [m[0] for m in AR_MODELS]
+    for scale in SCALES.values():
+        for settings in [{'task': 'sudoku', **scale['diffusion']}] + [{**scale['ar'], **m[1]} for m in AR_MODELS]:
+            cfg = TrainConfig(**settings)                 # an unknown key raises TypeError
+            get_task(cfg.task, **cfg.task_options)        # a wrong task option raises ValueError
+        assert set(scale['ar_models'].split(',')) <= set(names)
