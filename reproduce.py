@@ -33,10 +33,11 @@ PAPER = dict(n_train=200000, n_layer=6, n_head=8, n_embd=512, batch_size=512, ma
              min_lr=3e-5, warmup_iters=1000, eval_interval=2000, eval_n=500)
 SCALES = {
     # diffusion: settings of the three sudoku models (C1, C2); ar: settings of the C3 models;
-    # ar_models: which C3 models run; n_test: test puzzles per evaluation; ks: the latent sweep.
+    # ar_models: which C3 models run; n_test: test puzzles per evaluation; ks: the latent sweep;
+    # windows: the AR+MTP window sweep.
     'smoke': dict(diffusion=dict(task_options=dict(size=4, givens=6), **TINY),
                   ar=dict(task='path_star', task_options=dict(degree=2, arm_length=3, n_nodes=12), **TINY),
-                  ar_models='AR,AR+MTP,AR-NTP,AR+MTP causal prefix', n_test=32, ks='0,1,all'),
+                  ar_models='AR,AR+MTP,AR-NTP,AR+MTP causal prefix', n_test=32, ks='0,1,all', windows='1,-1'),
     # cpu: about 60 minutes for two seeds on 2 cores; training is compute-bound there (bf16,
     # torch.compile and two one-thread processes were all no faster), so the budget is set by
     # the number of tokens. C3 runs on 6x6 Sudoku with the puzzle as a prompt: path-star
@@ -45,11 +46,12 @@ SCALES = {
     'cpu': dict(diffusion=dict(task_options=dict(size=6, givens=12), max_iters=1000, eval_interval=1000, eval_n=100),
                 ar=dict(task='sudoku', task_options=dict(size=6, givens=12, layout='prompt'), max_iters=700,
                         eval_interval=700, eval_n=100),
-                ar_models='AR,AR+MTP,AR-NTP', n_test=500, ks='0,1,2,4,8,16,all'),
+                ar_models='AR,AR+MTP,AR-NTP', n_test=500, ks='0,1,2,4,8,16,all', windows='1,2,4,8,-1'),
     # gpu: paper-scale settings, 9x9 Sudoku and path-star with 5 arms. Not yet run (see README).
     'gpu': dict(diffusion=dict(task_options=dict(size=9, givens=30), ema=0.999, **PAPER),
                 ar=dict(task='path_star', task_options=dict(degree=5, arm_length=5, n_nodes=50), **PAPER),
-                ar_models='AR,AR+MTP,AR-NTP,AR+MTP causal prefix', n_test=1000, ks='0,1,2,4,8,16,32,all'),
+                ar_models='AR,AR+MTP,AR-NTP,AR+MTP causal prefix', n_test=1000, ks='0,1,2,4,8,16,32,all',
+                windows='1,2,4,8,16,-1'),
 }
 
 
@@ -109,6 +111,9 @@ def main(argv):
             if name in scale['ar_models'].split(','):
                 model, ck, task, test = run(name, {**scale['ar'], **kw}, loss, structure, dec)
                 record('C3', name, 'left_to_right', evaluate(model, task, test, structure, dec, device=device))
+                if name == 'AR+MTP':   # the AR analogue of the dial: latent window W at inference (-1 = all)
+                    sweep(model.eval(), ck, task, test, SampleConfig(ckpt=ckpt_path(name), sweep_window=scale['windows'],
+                          results=f'{cfg.out}/sweep_window_seed{seed}', device=device), device)
         seed_minutes.append((time.time() - t_seed) / 60)
     with open(f'{cfg.out}/models.csv', 'w') as f:
         f.write('finding,model,seed,decoding,accuracy,positions_per_sample,n\n')
@@ -123,12 +128,15 @@ def main(argv):
                                 ('accuracy', 'positions_per_sample', 'seconds_per_sample')}) for i, row in enumerate(sweeps[0]['rows'])]
     refs = [dict(k=ref['k'], accuracy=mean([s['references'][i]['accuracy'] for s in sweeps])) for i, ref in enumerate(sweeps[0]['references'])]
     plot_sweep(dial, refs, 'n_latent', f'{cfg.out}/dial.png')
+    windows = [json.load(open(f'{cfg.out}/sweep_window_seed{s}.json'))['rows'] for s in cfg.seeds.split(',')]
+    window_rows = [dict(window=row['k'], accuracy=mean([w[i]['accuracy'] for w in windows]),
+                        per_seed=[w[i]['accuracy'] for w in windows]) for i, row in enumerate(windows[0])]
     out = dict(scale=cfg.scale, seeds=cfg.seeds, wall_clock_minutes=(time.time() - t_start) / 60, minutes_per_seed=seed_minutes,
                settings=scale,
                hardware=f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
                         f'{torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"}',
                models={k: dict(mean=mean(v), min=min(v), max=max(v), per_seed=v) for k, v in summary.items()},
-               dial=dial, dial_references=refs)
+               dial=dial, dial_references=refs, ar_mtp_window=window_rows)
     json.dump(out, open(f'{cfg.out}/summary.json', 'w'), indent=1)
     print(write_table(cfg.out))
 
@@ -147,6 +155,10 @@ def write_table(out_dir):
         lines.append(f'| {r["k"]} | {pct(r["accuracy"])} | {r["positions_per_sample"]:.0f} | {1000 * r["seconds_per_sample"]:.1f} |')
     for r in s['dial_references']:
         lines.append(f'| reference: {r["k"]} model, random order | {pct(r["accuracy"])} | | |')
+    lines += ['', '| AR+MTP latent window W at inference | accuracy % (mean) | per seed |', '|---|---|---|']
+    for r in s.get('ar_mtp_window', []):
+        lines.append(f'| {"all" if r["window"] == "-1" else r["window"]} | {pct(r["accuracy"])} | '
+                     f'{" / ".join(pct(a) for a in r["per_seed"])} |')
     table = '\n'.join(lines) + '\n'
     open(f'{out_dir}/table.md', 'w').write(table)
     return table

@@ -17,11 +17,13 @@ def test_smoke_reproduction_writes_every_file(tmp_path):
         assert set(sweep[0]) == {'k', 'accuracy', 'nfe_per_sample', 'positions_per_sample', 'seconds_per_sample'}
         assert float(sweep[0]['positions_per_sample']) < float(sweep[2]['positions_per_sample'])  # k costs
         assert (out / f'sweep_latent_seed{seed}.png').stat().st_size > 1000
+        assert [r['k'] for r in csv.DictReader(open(out / f'sweep_window_seed{seed}.csv'))] == ['1', '-1']
     summary = json.load(open(out / 'summary.json'))
     assert summary['models']['MDM (random)']['per_seed'].__len__() == 2 and 'hardware' in summary
     assert (out / 'dial.png').stat().st_size > 1000
     table = (out / 'table.md').read_text()
-    assert '| MDM | random |' in table and '| all |' in table
+    assert '| MDM | random |' in table and '| all |' in table and '| AR+MTP latent window W' in table
+    assert [r['window'] for r in summary['ar_mtp_window']] == ['1', '-1']
 
 
 def test_every_scale_builds_valid_settings():

@@ -10,6 +10,7 @@ from tasks import MASK, generate, get_task, write_examples
 from train_mdlm import settings, train
 
 TASK = get_task('sudoku', size=4, givens=6)
+TASK9 = get_task('sudoku', size=9)
 
 
 def tiny_model(seed=0):
@@ -129,3 +130,28 @@ def test_bad_input_gives_one_clear_error(trained, tmp_path):
     for args, message in cases:
         r = run(*args)
         assert r.returncode != 0 and message in r.stderr and 'Traceback' not in r.stderr, (args, r.stderr)
+
+
+def test_standard_9x9_file_from_elsewhere_gives_a_solve_rate(tmp_path):
+    """81-character lines this repo did not generate (a pattern grid, shuffled, cells blanked;
+    '.' and '0' blanks, some with ',solution', a comment line) through a 9x9 checkpoint."""
+    rng = np.random.default_rng(1)
+    lines = ['# puzzles made outside tasks.py']
+    for i in range(12):
+        digits, rows = rng.permutation(9) + 1, [3 * b + r for b in rng.permutation(3) for r in rng.permutation(3)]
+        grid = ''.join(str(digits[(3 * (r % 3) + r // 3 + c) % 9]) for r in rows for c in range(9))
+        assert TASK9.verify('.' * 81, grid)                          # a valid solution to start from
+        puzzle = ''.join('.0'[i % 2] if blank else g for g, blank in zip(grid, rng.random(81) < 0.5))
+        lines.append(puzzle + (f',{grid}' if i % 3 == 0 else ''))
+    src = tmp_path / 'external.txt'
+    src.write_text('\n'.join(lines) + '\n')
+    cfg, _ = settings(['presets/tiny_test.json', '--size=9', '--givens=30', '--n_train=64', '--n_val=8', '--n_test=8',
+                       '--max_iters=2', f'--out_dir={tmp_path}/out', f'--data_dir={tmp_path}/data', '--attn=full'])
+    train(cfg, quiet=True)
+    out = tmp_path / 'answers.txt'
+    r = run(f'--ckpt={tmp_path}/out/ckpt.pt', f'--input={src}', f'--output={out}')
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    answers = [l.split(',') for l in out.read_text().splitlines()]
+    assert [p for p, _ in answers] == [l.split(',')[0].replace('0', '.') for l in lines[1:]]
+    assert result['n'] == 12 and result['accuracy'] == sum(TASK9.verify(p, a) for p, a in answers) / 12
