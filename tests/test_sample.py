@@ -113,7 +113,7 @@ def test_decoder_must_fit_the_model():
     from sample import SampleConfig, decoder_for
     with pytest.raises(SystemExit, match='needs a semi_causal model'):
         decoder_for({}, SampleConfig(n_latent='4'), 'full')
-    with pytest.raises(SystemExit, match='needs an AR\+MTP model'):
+    with pytest.raises(SystemExit, match=r'needs an AR\+MTP model'):
         decoder_for({}, SampleConfig(method='ar_mtp'), 'semi_causal')
     assert decoder_for({}, SampleConfig(n_latent='4'), 'semi_causal')['n_latent'] == 4
 
