@@ -19,15 +19,13 @@ import torch
 from model import load_checkpoint, parse_settings, pick_device
 from sample import SampleConfig, evaluate, plot_sweep, sweep
 from tasks import get_task, load_splits
-from train_ar_mtp import ar_loss, mtp_loss
+from train_ar_mtp import objective
 from train_mdlm import TrainConfig, train
 
-# C3 models: (name, train settings, loss, attention structure, decoder)
-AR_MODELS = (('AR', dict(mtp_window=0), ar_loss, 'causal', dict(method='ar')),
-             ('AR+MTP', dict(mtp_window=-1), mtp_loss, 'prefix', dict(method='ar_mtp', window=-1)),
-             ('AR-NTP', dict(mtp_window=-1, ntp_only=True), mtp_loss, 'prefix', dict(method='ar_mtp', window=-1)),
-             ('AR+MTP causal prefix', dict(mtp_window=-1, prefix='causal'), mtp_loss, 'causal_prefix',  # ours: a
-              dict(method='ar_mtp', window=-1)))                                        # KV-cacheable prefix
+# C3 models: name -> the settings that differ (train_ar_mtp.objective turns them into loss,
+# attention structure and decoder)
+AR_MODELS = {'AR': dict(mtp_window=0), 'AR+MTP': dict(mtp_window=-1), 'AR-NTP': dict(mtp_window=-1, ntp_only=True),
+             'AR+MTP causal prefix': dict(mtp_window=-1, prefix='causal')}   # ours: a KV-cacheable prefix
 TINY = dict(n_train=500, n_val=16, n_test=32, n_layer=1, n_head=2, n_embd=32, batch_size=32, max_iters=20,
             eval_interval=20, eval_iters=1, eval_n=8, dtype='float32')
 PAPER = dict(n_train=200000, n_layer=6, n_head=8, n_embd=512, batch_size=512, max_iters=20000, learning_rate=3e-4,
@@ -48,17 +46,16 @@ SCALES = {
                 ar=dict(task='sudoku', task_options=dict(size=6, givens=12, layout='prompt'), max_iters=600,
                         eval_interval=600, eval_n=100),
                 ar_models='AR,AR+MTP,AR-NTP', n_test=300, ks='0,1,2,4,8,16,all', windows='1,4,-1'),
-    # cpu_long: the cpu scale with more steps (1000 / 700) and 500 test puzzles: 72 minutes, clearer gaps.
-    'cpu_long': dict(diffusion=dict(task_options=dict(size=6, givens=12), max_iters=1000, eval_interval=1000, eval_n=100),
-                     ar=dict(task='sudoku', task_options=dict(size=6, givens=12, layout='prompt'), max_iters=700,
-                             eval_interval=700, eval_n=100),
-                     ar_models='AR,AR+MTP,AR-NTP', n_test=500, ks='0,1,2,4,8,16,all', windows='1,2,4,8,-1'),
     # gpu: paper-scale settings, 9x9 Sudoku and path-star with 5 arms. Not yet run (see README).
     'gpu': dict(diffusion=dict(task_options=dict(size=9, givens=30), ema=0.999, **PAPER),
                 ar=dict(task='path_star', task_options=dict(degree=5, arm_length=5, n_nodes=50), **PAPER),
                 ar_models='AR,AR+MTP,AR-NTP,AR+MTP causal prefix', n_test=1000, ks='0,1,2,4,8,16,32,all',
                 windows='1,2,4,8,16,-1'),
 }
+# cpu_long: the cpu scale with more steps (1000 / 700) and 500 test puzzles: 72 minutes, clearer gaps.
+SCALES['cpu_long'] = dict(SCALES['cpu'], n_test=500, windows='1,2,4,8,-1',
+                          diffusion=dict(SCALES['cpu']['diffusion'], max_iters=1000, eval_interval=1000),
+                          ar=dict(SCALES['cpu']['ar'], max_iters=700, eval_interval=700))
 
 
 @dataclasses.dataclass
@@ -113,13 +110,14 @@ def main(argv):
               ref_ckpts=f'{ckpt_path("MDM")},{ckpt_path("SIDM")}', results=f'{cfg.out}/sweep_latent_seed{seed}',
               device=device), device)
         # C3: AR, AR+MTP and the NTP-only ablation, same task and budget
-        for name, kw, loss, structure, dec in AR_MODELS:
-            if name in scale['ar_models'].split(','):
-                model, ck, task, test = run(name, {**scale['ar'], **kw}, loss, structure, dec)
-                record('C3', name, 'left_to_right', evaluate(model, task, test, structure, dec, device=device))
-                if name == 'AR+MTP':   # the AR analogue of the dial: latent window W at inference (-1 = all)
-                    sweep(model.eval(), ck, task, test, SampleConfig(ckpt=ckpt_path(name), sweep_window=scale['windows'],
-                          results=f'{cfg.out}/sweep_window_seed{seed}', device=device), device)
+        for name in scale['ar_models'].split(','):
+            settings = {**scale['ar'], **AR_MODELS[name]}
+            loss, structure, dec = objective(TrainConfig(**settings))
+            model, ck, task, test = run(name, settings, loss, structure, dec)
+            record('C3', name, 'left_to_right', evaluate(model, task, test, structure, dec, device=device))
+            if name == 'AR+MTP':   # the AR analogue of the dial: latent window W at inference (-1 = all)
+                sweep(model.eval(), ck, task, test, SampleConfig(ckpt=ckpt_path(name), sweep_window=scale['windows'],
+                      results=f'{cfg.out}/sweep_window_seed{seed}', device=device), device)
         seed_minutes.append((time.time() - t_seed) / 60)
     with open(f'{cfg.out}/models.csv', 'w') as f:
         f.write('finding,model,seed,decoding,accuracy,positions_per_sample,n\n')

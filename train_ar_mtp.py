@@ -51,16 +51,19 @@ def mtp_loss(model, ids, answer_mask, cfg, gen):
     return loss, loss
 
 
+def objective(cfg):
+    """(loss, attention structure, decoder) that train() needs for these settings."""
+    if cfg.mtp_window == 0:
+        return ar_loss, 'causal', dict(method='ar')
+    structure = 'causal_prefix' if cfg.prefix == 'causal' else 'prefix'
+    return mtp_loss, structure, dict(method='ar_mtp', window=cfg.mtp_window)
+
+
 if __name__ == '__main__':
     cfg, do_bench = settings(sys.argv[1:], TrainConfig(out_dir='out/ar', task_options=dict(size=6, layout='prompt')))
     if cfg.task == 'sudoku' and cfg.task_options.get('layout', 'inplace') != 'prompt':
         raise SystemExit('error: AR models need --layout=prompt for sudoku (the puzzle before the answer)')
     if cfg.prefix not in ('full', 'causal'):
         raise SystemExit(f"error: --prefix must be full or causal, got {cfg.prefix!r}")
-    if cfg.mtp_window == 0:
-        structure, decoder, loss_fn = 'causal', dict(method='ar'), ar_loss
-    else:
-        structure = 'causal_prefix' if cfg.prefix == 'causal' else 'prefix'
-        decoder, loss_fn = dict(method='ar_mtp', window=cfg.mtp_window), mtp_loss
-    metrics, path = train(cfg, loss_fn, structure, decoder)
+    metrics, path = train(cfg, *objective(cfg))
     print(f'final: val solve accuracy {metrics["val_accuracy"]:.1%}, checkpoint {path}')

@@ -32,9 +32,9 @@ def test_every_scale_builds_valid_settings():
     from reproduce import AR_MODELS, SCALES
     from tasks import get_task
     from train_mdlm import TrainConfig
-    names = [m[0] for m in AR_MODELS]
+    names = list(AR_MODELS)
     for scale in SCALES.values():
-        for settings in [{'task': 'sudoku', **scale['diffusion']}] + [{**scale['ar'], **m[1]} for m in AR_MODELS]:
+        for settings in [{'task': 'sudoku', **scale['diffusion']}] + [{**scale['ar'], **kw} for kw in AR_MODELS.values()]:
             cfg = TrainConfig(**settings)                 # an unknown key raises TypeError
             get_task(cfg.task, **cfg.task_options)        # a wrong task option raises ValueError
         assert set(scale['ar_models'].split(',')) <= set(names)
