@@ -2,145 +2,243 @@
 reproduce.py: the paper's three findings, measured here, by one command.
 
   C1  joint prediction matters: MDM (full) vs SIDM (independent), trained identically.
-  C2  the dial: a semi-causal model's accuracy against the number of latent tokens k.
+  C2  the dial: a semi-causal model's accuracy against the number of latent tokens k, under both
+      commit orders, with MDM and SIDM decoded by the same commit rule as reference points.
   C3  latent tokens help AR: AR vs AR+MTP vs the NTP-only ablation, same task and budget.
 
-    python reproduce.py --scale=cpu --seeds=0,1      # 6x6 Sudoku, under 60 minutes on 2 CPU cores
-    python reproduce.py --scale=cpu_long --seeds=0,1 --out=results/cpu_long   # the same, 72 minutes, clearer gaps
-    python reproduce.py --scale=gpu --seeds=0        # 9x9 Sudoku + path-star, paper-scale model, one GPU
-    python reproduce.py --scale=smoke                # seconds; what the test suite runs
+    python reproduce.py --scale=cpu --seeds=0,1,2      # 6x6 Sudoku on 2 CPU cores
+    python reproduce.py --scale=gpu --seeds=0          # 9x9 Sudoku + path-star, paper-scale model, one GPU
+    python reproduce.py --scale=smoke                  # seconds; what the test suite runs
+    python reproduce.py --sweep_latent=0,1,2,4,all --ckpt=out/mdlm/ckpt.pt --ref_ckpts=out/mdm/ckpt.pt,out/sidm/ckpt.pt
+    python reproduce.py --bench_cache --ckpt=out/ar/ckpt.pt     # cached vs uncached decoding, one run
 
-Writes <out>/models.csv (accuracy per model and seed), <out>/sweep_latent_seed*.csv/.json/.png
-(the dial, with MDM and SIDM reference lines), <out>/summary.json (mean and spread over seeds,
-hardware, wall-clock) and <out>/dial.png (the dial averaged over seeds).
+Writes <out>/models.csv (accuracy per task, model, seed and decoding), <out>/sweep_latent_seed*.csv
+/.json (the dial under both orders, with matched MDM and SIDM rows), <out>/summary.json (mean and
+spread over seeds, hardware, wall-clock), <out>/table.md and <out>/dial.png (the dial averaged
+over seeds, both orders in one figure).
+
+Commit orders. 'random' is the paper's setting: the cell decoded next is chosen uniformly, so a
+model must be right about whatever cell it is handed. 'top_prob' decodes the most confident of
+8 random candidate cells (the same rule for MDM, SIDM and the semi-causal model): on small grids
+it lets even an independent model steer around the hard cells, so it flatters SIDM.
 """
 import dataclasses, json, os, platform, sys, time
 import torch
-from model import load_checkpoint, parse_settings, pick_device
-from sample import SampleConfig, evaluate, plot_sweep, sweep
+from sample import DECODERS, evaluate
 from tasks import get_task, load_splits
-from train_ar_mtp import objective
+from train_ar_mtp import ARConfig, objective
 from train_mdlm import TrainConfig, train
+from utils import load_checkpoint, parse_settings, pick_device
 
 # C3 models: name -> the settings that differ (train_ar_mtp.objective turns them into loss,
 # attention structure and decoder)
 AR_MODELS = {'AR': dict(mtp_window=0), 'AR+MTP': dict(mtp_window=-1), 'AR-NTP': dict(mtp_window=-1, ntp_only=True),
-             'AR+MTP causal prefix': dict(mtp_window=-1, prefix='causal')}   # ours: a KV-cacheable prefix
+             'AR+MTP causal prefix': dict(mtp_window=-1, prefix='causal')}
+DIFFUSION_MODELS = {'MDM': 'full', 'SIDM': 'independent', 'SCDM': 'semi_causal'}
+# The two commit orders; 'top_prob' picks the most confident of N_CANDIDATES random masked cells.
+N_CANDIDATES = 8
+ORDERS = {'random': dict(order='random'), 'top_prob': dict(order='top_prob', n_candidates=N_CANDIDATES)}
 TINY = dict(n_train=500, n_val=16, n_test=32, n_layer=1, n_head=2, n_embd=32, batch_size=32, max_iters=20,
             eval_interval=20, eval_iters=1, eval_n=8, dtype='float32')
-PAPER = dict(n_train=200000, n_layer=6, n_head=8, n_embd=512, batch_size=512, max_iters=20000, learning_rate=3e-4,
-             min_lr=3e-5, warmup_iters=1000, eval_interval=2000, eval_n=500)
 SCALES = {
     # diffusion: settings of the three sudoku models (C1, C2); ar: settings of the C3 models;
     # ar_models: which C3 models run; n_test: test puzzles per evaluation; ks: the latent sweep;
-    # windows: the AR+MTP window sweep.
+    # windows: extra AR+MTP models, one trained per latent window W (a window is fixed in training).
     'smoke': dict(diffusion=dict(task_options=dict(size=4, givens=6), **TINY),
                   ar=dict(task='path_star', task_options=dict(degree=2, arm_length=3, n_nodes=12), **TINY),
-                  ar_models='AR,AR+MTP,AR-NTP,AR+MTP causal prefix', n_test=32, ks='0,1,all', windows='1,-1'),
-    # cpu: under 60 minutes for two seeds on 2 cores; training is compute-bound there (bf16,
-    # torch.compile and two one-thread processes were all no faster), so the budget is set by
-    # the number of tokens. C3 runs on 6x6 Sudoku with the puzzle as a prompt: path-star
-    # (degree 2, arms of 5) left plain AR at 0% after 800 steps, so it could not show a gap.
-    # Our causal-prefix variant is left to the gpu scale and to `sample.py --bench_cache`.
+                  ar_models='AR,AR+MTP,AR-NTP,AR+MTP causal prefix', n_test=32, ks='0,1,all', windows='2'),
+    # cpu: 2 cores. Training is compute-bound there (bf16 autocast and torch.compile were no faster),
+    # so the budget is set by the number of tokens. C3 runs on 6x6 Sudoku with the puzzle as a prompt.
     'cpu': dict(diffusion=dict(task_options=dict(size=6, givens=12), max_iters=800, eval_interval=800, eval_n=100),
                 ar=dict(task='sudoku', task_options=dict(size=6, givens=12, layout='prompt'), max_iters=600,
                         eval_interval=600, eval_n=100),
-                ar_models='AR,AR+MTP,AR-NTP', n_test=300, ks='0,1,2,4,8,16,all', windows='1,4,-1'),
-    # gpu: paper-scale settings, 9x9 Sudoku and path-star with 5 arms. Not yet run (see README).
-    'gpu': dict(diffusion=dict(task_options=dict(size=9, givens=30), ema=0.999, **PAPER),
-                ar=dict(task='path_star', task_options=dict(degree=5, arm_length=5, n_nodes=50), **PAPER),
+                ar_models='AR,AR+MTP,AR-NTP', n_test=300, ks='0,1,2,4,8,16,all', windows=''),
+    # gpu: the paper-scale preset (presets/sudoku9_gpu.json), 9x9 Sudoku and path-star with 5 arms.
+    'gpu': dict(diffusion='sudoku9_gpu',
+                ar=dict(preset='sudoku9_gpu', task='path_star', task_options=dict(degree=5, arm_length=5, n_nodes=50)),
                 ar_models='AR,AR+MTP,AR-NTP,AR+MTP causal prefix', n_test=1000, ks='0,1,2,4,8,16,32,all',
-                windows='1,2,4,8,16,-1'),
+                windows='1,4,16'),
 }
-# cpu_long: the cpu scale with more steps (1000 / 700) and 500 test puzzles: 72 minutes, clearer gaps.
-SCALES['cpu_long'] = dict(SCALES['cpu'], n_test=500, windows='1,2,4,8,-1',
-                          diffusion=dict(SCALES['cpu']['diffusion'], max_iters=1000, eval_interval=1000),
-                          ar=dict(SCALES['cpu']['ar'], max_iters=700, eval_interval=700))
+
+
+def scale_settings(spec):
+    """A scale's settings for one family: a dict, or the name of a preset file (plus overrides)."""
+    if isinstance(spec, str):
+        spec = dict(preset=spec)
+    spec = dict(spec)
+    preset = spec.pop('preset', None)
+    if preset:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'presets', preset + '.json')) as f:
+            spec = {**json.load(f), **spec}
+    return spec
 
 
 @dataclasses.dataclass
 class ReproduceConfig:
     scale: str = 'cpu'
-    seeds: str = '0,1'
+    seeds: str = '0,1,2'
     out: str = 'results'
     device: str = 'auto'
     table: bool = False        # only (re)write <out>/table.md from <out>/summary.json
+    # one sweep or benchmark on existing checkpoints instead of the whole reproduction
+    ckpt: str = ''
+    sweep_latent: str = ''     # e.g. 0,1,2,4,8,all: the dial of a semi_causal checkpoint
+    ref_ckpts: str = ''        # MDM / SIDM checkpoints decoded by the same rule as reference rows
+    bench_cache: bool = False  # cached vs uncached decoding of --ckpt, in one run
+    n: int = 500               # test puzzles for --sweep_latent / --bench_cache
+
+
+def test_puzzles(ckpt, n):
+    task = get_task(**ckpt['task_config'])
+    tc = ckpt['train_config']
+    return task, load_splits(task, tc['n_train'], tc['n_val'], tc['n_test'], tc['data_seed'], tc['data_dir'])['test'][:n]
+
+
+COST_COLUMNS = ('accuracy', 'nfe_per_sample', 'positions_per_sample', 'seconds_per_sample')
+
+
+def sweep_latent(model, ckpt, ks, refs, n_test, prefix, device):
+    """The paper's Figure 1 under both commit orders: accuracy and cost against the number of
+    latent tokens k, plus reference rows (k = 'full' / 'independent') for MDM and SIDM models
+    decoded by the same rule. Writes <prefix>.csv and .json; returns the rows."""
+    task, examples = test_puzzles(ckpt, n_test)
+    rows = []
+    for order, rule in ORDERS.items():
+        for k in ks.split(','):
+            dec = dict(DECODERS['latent'][1], method='latent', n_latent=k if k == 'all' else int(k), **rule)
+            r = evaluate(model, task, examples, ckpt['attn'], dec, device=device)
+            rows.append(dict(order=order, k=k, **{c: r[c] for c in COST_COLUMNS}))
+            print(f'{order:8s} k={k:>4}: accuracy {r["accuracy"]:.1%}, {r["positions_per_sample"]:.0f} positions/puzzle')
+        for ref_model, ref_ckpt in refs:
+            dec = dict(DECODERS['mdm'][1], method='mdm', **rule)
+            r = evaluate(ref_model, task, examples, ref_ckpt['attn'], dec, device=device)
+            rows.append(dict(order=order, k=ref_ckpt['attn'], **{c: r[c] for c in COST_COLUMNS}))
+            print(f'{order:8s} reference {ref_ckpt["attn"]}: accuracy {r["accuracy"]:.1%}')
+    os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
+    with open(prefix + '.csv', 'w') as f:
+        f.write(','.join(('order', 'k') + COST_COLUMNS) + '\n')
+        for r in rows:
+            f.write(','.join(str(r[c]) for c in ('order', 'k') + COST_COLUMNS) + '\n')
+    with open(prefix + '.json', 'w') as f:
+        json.dump(dict(task=ckpt['task_config'], n=len(examples), n_candidates=N_CANDIDATES, rows=rows), f, indent=1)
+    return rows
+
+
+def plot_dial(rows, path, title=''):
+    """Accuracy against k, one line per commit order, with that order's MDM/SIDM reference
+    lines dashed/dotted in the same colour."""
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for i, order in enumerate(ORDERS):
+        dial = [r for r in rows if r['order'] == order and r['k'] not in DIFFUSION_MODELS.values()]
+        ax.plot(range(len(dial)), [100 * r['accuracy'] for r in dial], 'o-', color=f'C{i}',
+                label=f'semi-causal, {order} order')
+        for r in rows:
+            if r['order'] == order and r['k'] in ('full', 'independent'):
+                ax.axhline(100 * r['accuracy'], color=f'C{i}', ls='--' if r['k'] == 'full' else ':',
+                           label=f'{"MDM" if r["k"] == "full" else "SIDM"}, {order} order')
+    ax.set_xticks(range(len(dial)), [r['k'] for r in dial])
+    ax.set_xlabel('latent tokens k'); ax.set_ylabel('puzzles solved (%)'); ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3); ax.legend(fontsize=7)
+    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+    print(f'wrote {path}')
+
+
+def bench_cache(model, ckpt, n, device):
+    """Cached vs uncached decoding of one AR / AR+MTP checkpoint in one run: a ratio, not a time."""
+    task, examples = test_puzzles(ckpt, n)
+    results = {}
+    for name, use_cache in (('cached', True), ('uncached', False)):
+        dec = dict(ckpt['decoder'], use_cache=use_cache)
+        evaluate(model, task, examples[:8], ckpt['attn'], dec, device=device)                   # warm-up
+        results[name] = evaluate(model, task, examples, ckpt['attn'], dec, device=device)
+    for name, r in results.items():
+        print(f'{name:9s} accuracy {r["accuracy"]:6.1%}  {1000 * r["seconds_per_sample"]:7.2f} ms/puzzle  '
+              f'{r["positions_per_sample"]:7.0f} positions/puzzle  '
+              f'speed-up of cached: {r["seconds"] / results["cached"]["seconds"]:.2f}x')
+    print(json.dumps({k: {c: r[c] for c in ('accuracy', 'seconds', 'positions_per_sample')} for k, r in results.items()}))
 
 
 def main(argv):
     cfg = parse_settings(ReproduceConfig(), argv)
     if cfg.table:
         return print(write_table(cfg.out))
+    device = pick_device(cfg.device)
+    if cfg.sweep_latent or cfg.bench_cache:
+        model, ckpt = load_checkpoint(cfg.ckpt, device)
+        if cfg.bench_cache:
+            return bench_cache(model, ckpt, cfg.n, device)
+        if ckpt['attn'] != 'semi_causal':
+            raise SystemExit(f'error: --sweep_latent needs a semi_causal checkpoint; {cfg.ckpt} is {ckpt["attn"]!r}')
+        refs = [load_checkpoint(p, device) for p in filter(None, cfg.ref_ckpts.split(','))]
+        if any(r[1]['task_config'] != ckpt['task_config'] or r[1]['attn'] not in ('full', 'independent') for r in refs):
+            raise SystemExit('error: --ref_ckpts must be full or independent models of the same task')
+        prefix = os.path.join(os.path.dirname(cfg.ckpt), 'sweep_latent')
+        rows = sweep_latent(model, ckpt, cfg.sweep_latent, refs, cfg.n, prefix, device)
+        return plot_dial(rows, prefix + '.png', f'{cfg.ckpt}, {cfg.n} test puzzles')
     if cfg.scale not in SCALES:
         raise SystemExit(f'error: --scale must be one of {list(SCALES)}')
     scale = SCALES[cfg.scale]
-    n_test, ks = scale['n_test'], scale['ks']
-    device = pick_device(cfg.device)
+    n_test, seeds = scale['n_test'], [int(s) for s in cfg.seeds.split(',')]
     os.makedirs(cfg.out, exist_ok=True)
     t_start, rows, seed_minutes = time.time(), [], []
-    for seed in [int(s) for s in cfg.seeds.split(',')]:
+    for seed in seeds:
         t_seed = time.time()
         ckpt_path = lambda name: f'{cfg.out}/ckpt/{name}_seed{seed}/ckpt.pt'
 
-        def run(name, settings, *args):
+        def run(name, c, *objective_):
             """Train one model (a finished checkpoint is reused: a rerun continues a killed run);
             return it, its checkpoint, its task and its first n_test test puzzles."""
-            c = TrainConfig(seed=seed, device=cfg.device, out_dir=os.path.dirname(ckpt_path(name)),
-                            resume=os.path.exists(ckpt_path(name)), **settings)
-            model, ck = load_checkpoint(train(c, *args, quiet=cfg.scale == 'smoke')[1], device)
-            task = get_task(**ck['task_config'])
-            return model, ck, task, load_splits(task, c.n_train, c.n_val, c.n_test, c.data_seed, c.data_dir)['test'][:n_test]
+            c = dataclasses.replace(c, seed=seed, device=cfg.device, out_dir=os.path.dirname(ckpt_path(name)),
+                                    resume=os.path.exists(ckpt_path(name)))
+            model, ck = load_checkpoint(train(c, *objective_, quiet=cfg.scale == 'smoke')[1], device)
+            return (model, ck, *test_puzzles(ck, n_test))
 
-        def record(finding, name, decoding, r):
-            rows.append(dict(finding=finding, model=name, seed=seed, decoding=decoding, accuracy=r['accuracy'],
-                             positions_per_sample=r['positions_per_sample'], n=r['n']))
+        def record(finding, name, decoding, task, r):
+            rows.append(dict(finding=finding, task=f'{task.name}{task.options.get("size", "")}', model=name, seed=seed,
+                             decoding=decoding, accuracy=r['accuracy'], positions_per_sample=r['positions_per_sample'],
+                             n=r['n']))
 
         # C1 and C2: three diffusion models on Sudoku, identical but for the attention structure
-        diffusion = {name: run(name, {'task': 'sudoku', **scale['diffusion'], 'attn': attn})
-                     for name, attn in (('MDM', 'full'), ('SIDM', 'independent'), ('SCDM', 'semi_causal'))}
-        for name, (model, ck, task, test) in diffusion.items():   # both orders (../shared/DESIGN.md section 5)
-            for order in ('random', 'top_prob'):
-                if name == 'SCDM':
-                    dec = dict(method='latent', n_latent='all', policy='uniform' if order == 'random' else 'confidence')
-                else:
-                    dec = dict(method='mdm', order=order)
-                record('C1/C2', name, order, evaluate(model, task, test, ck['structure'], dec, device=device))
+        diffusion = {name: run(name, TrainConfig(**{'task': 'sudoku', **scale_settings(scale['diffusion']), 'attn': attn}))
+                     for name, attn in DIFFUSION_MODELS.items()}
+        for name, (model, ck, task, test) in diffusion.items():
+            for order, rule in ORDERS.items():
+                method = ck['decoder']['method']
+                dec = dict(DECODERS[method][1], method=method, **rule)
+                record('C1', name, order, task, evaluate(model, task, test, ck['attn'], dec, device=device))
         model, ck, task, test = diffusion['SCDM']
-        sweep(model.eval(), ck, task, test, SampleConfig(ckpt=ckpt_path('SCDM'), sweep_latent=ks, policy='uniform',
-              ref_ckpts=f'{ckpt_path("MDM")},{ckpt_path("SIDM")}', results=f'{cfg.out}/sweep_latent_seed{seed}',
-              device=device), device)
-        # C3: AR, AR+MTP and the NTP-only ablation, same task and budget
-        for name in scale['ar_models'].split(','):
-            settings = {**scale['ar'], **AR_MODELS[name]}
-            loss, structure, dec = objective(TrainConfig(**settings))
-            model, ck, task, test = run(name, settings, loss, structure, dec)
-            record('C3', name, 'left_to_right', evaluate(model, task, test, structure, dec, device=device))
-            if name == 'AR+MTP':   # the AR analogue of the dial: latent window W at inference (-1 = all)
-                sweep(model.eval(), ck, task, test, SampleConfig(ckpt=ckpt_path(name), sweep_window=scale['windows'],
-                      results=f'{cfg.out}/sweep_window_seed{seed}', device=device), device)
+        sweep_latent(model, ck, scale['ks'], [diffusion['MDM'][:2], diffusion['SIDM'][:2]], n_test,
+                     f'{cfg.out}/sweep_latent_seed{seed}', device)
+        # C3: AR, AR+MTP and the NTP-only ablation, same task and budget; one AR+MTP model per window
+        ar_models = {name: AR_MODELS[name] for name in scale['ar_models'].split(',')}
+        ar_models.update({f'AR+MTP W={w}': dict(mtp_window=int(w)) for w in filter(None, scale['windows'].split(','))})
+        for name, differ in ar_models.items():
+            c = ARConfig(**{**scale_settings(scale['ar']), **differ})
+            loss, attn, dec = objective(c)
+            model, ck, task, test = run(name, c, loss, attn, dec)
+            record('C3', name, 'left_to_right', task, evaluate(model, task, test, attn, dec, device=device))
         seed_minutes.append((time.time() - t_seed) / 60)
+    columns = ('finding', 'task', 'model', 'seed', 'decoding', 'accuracy', 'positions_per_sample', 'n')
     with open(f'{cfg.out}/models.csv', 'w') as f:
-        f.write('finding,model,seed,decoding,accuracy,positions_per_sample,n\n')
+        f.write(','.join(columns) + '\n')
         for r in rows:
-            f.write(','.join(str(r[k]) for k in ('finding', 'model', 'seed', 'decoding', 'accuracy', 'positions_per_sample', 'n')) + '\n')
+            f.write(','.join(str(r[k]) for k in columns) + '\n')
     summary = {}
     for r in rows:
         summary.setdefault(f'{r["model"]} ({r["decoding"]})', []).append(r['accuracy'])
-    sweeps = [json.load(open(f'{cfg.out}/sweep_latent_seed{s}.json')) for s in cfg.seeds.split(',')]
+    sweeps = [json.load(open(f'{cfg.out}/sweep_latent_seed{s}.json'))['rows'] for s in seeds]
     mean = lambda xs: sum(xs) / len(xs)
-    dial = [dict(k=row['k'], **{c: mean([s['rows'][i][c] for s in sweeps]) for c in
-                                ('accuracy', 'positions_per_sample', 'seconds_per_sample')}) for i, row in enumerate(sweeps[0]['rows'])]
-    refs = [dict(k=ref['k'], accuracy=mean([s['references'][i]['accuracy'] for s in sweeps])) for i, ref in enumerate(sweeps[0]['references'])]
-    plot_sweep(dial, refs, 'n_latent', f'{cfg.out}/dial.png')
-    windows = [json.load(open(f'{cfg.out}/sweep_window_seed{s}.json'))['rows'] for s in cfg.seeds.split(',')]
-    window_rows = [dict(window=row['k'], accuracy=mean([w[i]['accuracy'] for w in windows]),
-                        per_seed=[w[i]['accuracy'] for w in windows]) for i, row in enumerate(windows[0])]
-    out = dict(scale=cfg.scale, seeds=cfg.seeds, wall_clock_minutes=(time.time() - t_start) / 60, minutes_per_seed=seed_minutes,
-               settings=scale,
+    dial = [dict(order=row['order'], k=row['k'], per_seed=[s[i]['accuracy'] for s in sweeps],
+                 **{c: mean([s[i][c] for s in sweeps]) for c in COST_COLUMNS}) for i, row in enumerate(sweeps[0])]
+    plot_dial(dial, f'{cfg.out}/dial.png', f'scale {cfg.scale}, mean of seeds {cfg.seeds}, {n_test} test puzzles')
+    out = dict(scale=cfg.scale, seeds=cfg.seeds, wall_clock_minutes=(time.time() - t_start) / 60,
+               minutes_per_seed=seed_minutes, settings=scale, n_test=n_test,
                hardware=f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
                         f'{torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"}',
                models={k: dict(mean=mean(v), min=min(v), max=max(v), per_seed=v) for k, v in summary.items()},
-               dial=dial, dial_references=refs, ar_mtp_window=window_rows)
+               dial=dial)
     json.dump(out, open(f'{cfg.out}/summary.json', 'w'), indent=1)
     print(write_table(cfg.out))
 
@@ -149,20 +247,18 @@ def write_table(out_dir):
     """Markdown tables of summary.json (what the README shows), written to <out>/table.md."""
     s = json.load(open(f'{out_dir}/summary.json'))
     pct = lambda x: f'{100 * x:.1f}'
-    lines = [f'Scale `{s["scale"]}`, seeds {s["seeds"]}, {s["wall_clock_minutes"]:.0f} minutes on {s["hardware"]}.', '',
-             '| model | decoding | accuracy % (mean) | min-max over seeds |', '|---|---|---|---|']
+    lines = [f'Scale `{s["scale"]}`, seeds {s["seeds"]}, {s["n_test"]} test puzzles per model, '
+             f'{s["wall_clock_minutes"]:.0f} minutes on {s["hardware"]}.', '',
+             '| model | decoding | accuracy % (mean) | per seed |', '|---|---|---|---|']
     for name, m in s['models'].items():
         model, decoding = name.rsplit(' (', 1)
-        lines.append(f'| {model} | {decoding[:-1]} | {pct(m["mean"])} | {pct(m["min"])}-{pct(m["max"])} |')
-    lines += ['', '| latent tokens k | accuracy % | positions processed / puzzle | ms / puzzle |', '|---|---|---|---|']
+        lines.append(f'| {model} | {decoding[:-1]} | {pct(m["mean"])} | {" / ".join(pct(a) for a in m["per_seed"])} |')
+    lines += ['', '| commit order | latent tokens k | accuracy % (mean) | per seed | positions / puzzle |',
+              '|---|---|---|---|---|']
     for r in s['dial']:
-        lines.append(f'| {r["k"]} | {pct(r["accuracy"])} | {r["positions_per_sample"]:.0f} | {1000 * r["seconds_per_sample"]:.1f} |')
-    for r in s['dial_references']:
-        lines.append(f'| reference: {r["k"]} model, random order | {pct(r["accuracy"])} | | |')
-    lines += ['', '| AR+MTP latent window W at inference | accuracy % (mean) | per seed |', '|---|---|---|']
-    for r in s.get('ar_mtp_window', []):
-        lines.append(f'| {"all" if r["window"] == "-1" else r["window"]} | {pct(r["accuracy"])} | '
-                     f'{" / ".join(pct(a) for a in r["per_seed"])} |')
+        k = {'full': 'MDM (reference)', 'independent': 'SIDM (reference)'}.get(r['k'], r['k'])
+        lines.append(f'| {r["order"]} | {k} | {pct(r["accuracy"])} | {" / ".join(pct(a) for a in r["per_seed"])} | '
+                     f'{r["positions_per_sample"]:.0f} |')
     table = '\n'.join(lines) + '\n'
     open(f'{out_dir}/table.md', 'w').write(table)
     return table

@@ -1,5 +1,5 @@
 """
-sample.py: every decoder, the latent-token sampler, evaluation and the speed/quality sweeps.
+sample.py: every decoder, the latent-token sampler, and evaluation against the task's verifier.
 
 What it teaches: a masked diffusion model commits one (or a few) positions per forward pass,
 but every other masked position in that pass is a *latent token*: a joint guess about a token
@@ -10,21 +10,24 @@ clean + L + D only, ranked so that D sees every clean position and every latent:
     k = 0      -> independent prediction (cheap: only clean + D are processed)
     k = 'all'  -> every remaining masked position is a latent (joint prediction, MDM cost)
 
-Usage:
-    python sample.py --ckpt=out/mdlm/ckpt.pt --eval --n=1000
-    python sample.py --ckpt=out/scdm/ckpt.pt --eval --n_latent=4
-    python sample.py --ckpt=out/scdm/ckpt.pt --sweep_latent=0,1,2,4,8,all --ref_ckpts=out/mdm/ckpt.pt,out/sidm/ckpt.pt
-    python sample.py --ckpt=out/scdm/ckpt.pt --input=puzzles.txt --output=answers.txt
-    python sample.py --ckpt=out/scdm/ckpt.pt --show --n_latent=4
-The last line of --eval is one JSON object (accuracy, n, nfe_per_sample, positions_per_sample,
-seconds and the decoder settings).
+By default a checkpoint is decoded the way training evaluated it (stored in the checkpoint);
+any decoder setting given on the command line overrides that.
+
+    python sample.py --ckpt=out/mdlm/ckpt.pt --n=500                      # solve test puzzles
+    python sample.py --ckpt=out/mdlm/ckpt.pt --n_latent=4 --order=random  # the paper's uniform order
+    python sample.py --ckpt=out/mdlm/ckpt.pt --show --n_latent=3          # watch it decode
+    python sample.py --ckpt=out/mdm/ckpt.pt --threshold=0.9               # several tokens per pass
+    python sample.py --ckpt=out/mdlm/ckpt.pt --input=puzzles.txt --output=answers.txt
+The last line printed is one JSON object (accuracy, n, nfe_per_sample, positions_per_sample,
+seconds and the decoder settings). Sweeps of k and speed benchmarks live in reproduce.py.
 """
-import dataclasses, json, math, os, sys, time
+import json, math, sys, time
 from dataclasses import dataclass
 import numpy as np
 import torch
-from model import KVCache, attention_mask, autocast, load_checkpoint, parse_settings, pick_device
-from tasks import MASK, PAD, SEP, TaskFormatError, get_task, load_splits, read_examples, write_examples
+from model import KVCache, attention_mask
+from tasks import MASK, SEP, TaskFormatError, get_task, load_splits, read_examples, write_examples
+from utils import autocast, load_checkpoint, parse_settings, pick_device
 
 
 def choose_tokens(logits, temperature, gen):
@@ -61,10 +64,29 @@ def pick_top(scores, allowed, m):
     return chosen & allowed
 
 
+def random_subset(allowed, m, gen):
+    """Boolean [B, T]: m random allowed positions per row (all of them if m <= 0 or fewer remain)."""
+    if m <= 0:
+        return allowed
+    return pick_top(torch.rand(allowed.shape, generator=gen, device=allowed.device), allowed, m)
+
+
+def commit_rule(probs, candidates, order, tokens_per_step, threshold, gen):
+    """Which candidates to commit this pass: the `tokens_per_step` best by `order`, plus, with a
+    threshold, every candidate whose top probability is at least it (Fast-dLLM's rule)."""
+    commit = pick_top(score(probs, order, gen), candidates, tokens_per_step)
+    if threshold > 0:
+        commit |= candidates & (probs.amax(-1) >= threshold)
+    return commit
+
+
 @torch.no_grad()
-def decode_mdm(model, x, structure='full', tokens_per_step=1, order='top_prob', temperature=0.0, gen=None):
+def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_candidates=0, threshold=0.0,
+               temperature=0.0, gen=None):
     """Plain masked-diffusion decoding: every pass sees all positions (full or independent
-    attention); commit the `tokens_per_step` best-scoring masked positions. Returns x and stats."""
+    attention). Candidates are all masked positions (or `n_candidates` random ones, to match the
+    latent sampler's confidence rule); commit the `tokens_per_step` best by `order` (and, with a
+    threshold, every candidate at least that confident). Returns x and per-row stats."""
     x = x.clone()
     B, T = x.shape
     nfe = torch.zeros(B, device=x.device); positions = torch.zeros(B, device=x.device)
@@ -72,25 +94,31 @@ def decode_mdm(model, x, structure='full', tokens_per_step=1, order='top_prob', 
         masked = x == MASK
         active = masked.any(1)
         if not active.any(): break
-        logits, _ = model(x, mask=attention_mask(structure, masked))
+        logits, _ = model(x, attn_mask=attention_mask(attn, masked))
         token, probs = choose_tokens(logits, temperature, gen)
-        commit = pick_top(score(probs, order, gen), masked, tokens_per_step)
-        x = torch.where(commit, token, x)
+        candidates = random_subset(masked, n_candidates, gen)
+        x = torch.where(commit_rule(probs, candidates, order, tokens_per_step, threshold, gen), token, x)
         nfe += active; positions += active * T
     return x, dict(nfe=nfe, positions=positions)
 
 
 @torch.no_grad()
-def decode_latent(model, x, n_latent=0, policy='uniform', tokens_per_step=1, n_candidates=8,
+def decode_latent(model, x, n_latent=0, order='random', tokens_per_step=1, n_candidates=8, threshold=0.0,
                   temperature=0.0, gen=None, trace=None):
     """The latent-token sampler for a semi_causal model. Each step, per row:
-      uniform:    D = tokens_per_step random masked positions, L = n_latent others at random;
-      confidence: L = n_latent random masked positions, C = n_candidates others; every candidate
-                  sees clean + L (equal ranks do not see each other), D = the most confident of C.
+      order='random' (the paper's uniform order): D = tokens_per_step random masked positions,
+                  L = n_latent others at random;
+      order='top_prob' (or margin, entropy): L = n_latent random masked positions, candidates C =
+                  n_candidates others; every candidate sees clean + L, and D = the best of C.
+                  (In the authors' code candidate i also sees the candidates before it; here
+                  every candidate sees exactly the same k latents, so they are compared fairly.)
     The pass runs on clean + L + D (or C) *only*: the other masked positions are dropped, which
-    is exact because under semi_causal attention nobody that matters could see them.
-    Latents get ranks 0..k-1 in random order, D/C get rank k: D sees all clean and all latents.
+    is exact because under semi_causal attention no position in the pass could see them.
+    Ranks: latents get U(0,1) in random order, D/C get 2.0, above every latent: so D sees all
+    clean positions and all latents, and D/C positions do not see each other (equal ranks).
     n_latent='all' (or -1) makes every remaining masked position a latent."""
+    if order == 'random' and threshold > 0:
+        raise ValueError('a threshold needs a confidence order (top_prob, margin, entropy), not random')
     x = x.clone()
     B, T = x.shape
     dev = x.device
@@ -101,31 +129,31 @@ def decode_latent(model, x, n_latent=0, policy='uniform', tokens_per_step=1, n_c
         active = remaining > 0
         if not active.any(): break
         # a random order of the masked positions: its first slots become D / C, the next L
-        order = torch.rand(B, T, generator=gen, device=dev).masked_fill(~masked, 2.0).argsort(1).argsort(1)
-        n_front = tokens_per_step if policy == 'uniform' else n_candidates
+        slot = torch.rand(B, T, generator=gen, device=dev).masked_fill(~masked, 2.0).argsort(1).argsort(1)
+        n_front = tokens_per_step if order == 'random' else n_candidates
         k_all = n_latent in ('all', -1, None)
         k = (remaining - n_front).clamp(min=0) if k_all else torch.full_like(remaining, int(n_latent))
-        front = masked & (order < n_front)
-        latent = masked & (order >= n_front) & (order < n_front + k[:, None])
+        front = masked & (slot < n_front)
+        latent = masked & (slot >= n_front) & (slot < n_front + k[:, None])
         keep = ~masked | front | latent
         # trim: move kept positions to the front of each row (stable), cut to the longest row
         idx = (~keep).to(torch.int8).argsort(dim=1, stable=True)[:, :int(keep.sum(1).max())]
-        valid = torch.gather(keep, 1, idx)
+        valid = torch.gather(keep, 1, idx)                # False: padding of a shorter row
         x_sub = torch.gather(x, 1, idx)
         masked_sub = torch.gather(masked, 1, idx) & valid
         rank_sub = torch.gather(torch.where(latent, torch.rand(B, T, generator=gen, device=dev),
                                             torch.full((B, T), 2.0, device=dev)), 1, idx)
-        mask = attention_mask('semi_causal', masked_sub, rank_sub)
-        mask = (mask & valid[:, None, :]) | torch.eye(idx.shape[1], dtype=torch.bool, device=dev)
-        logits, _ = model(x_sub, pos=idx, mask=mask)
+        attn_mask = attention_mask('semi_causal', masked_sub, rank_sub) & valid[:, None, :]
+        # a padding query may see nothing at all, and attention over no key gives NaN: let every
+        # query see itself (padding outputs are never used; real queries already see themselves)
+        attn_mask |= torch.eye(idx.shape[1], dtype=torch.bool, device=dev)
+        logits, _ = model(x_sub, pos=idx, attn_mask=attn_mask)
         token, probs = choose_tokens(logits, temperature, gen)
         front_sub = torch.gather(front, 1, idx) & valid
-        if policy == 'uniform':
-            commit_sub = front_sub
-        elif policy == 'confidence':
-            commit_sub = pick_top(score(probs, 'top_prob', gen), front_sub, tokens_per_step)
+        if order == 'random':
+            commit_sub = front_sub                        # D was chosen before the pass
         else:
-            raise ValueError(f'unknown policy {policy!r}; choose uniform or confidence')
+            commit_sub = commit_rule(probs, front_sub, order, tokens_per_step, threshold, gen)
         commit = torch.zeros_like(masked).scatter_(1, idx, commit_sub)
         new = torch.zeros_like(x).scatter_(1, idx, token)
         if trace is not None:                              # for --show: what this step did
@@ -162,10 +190,11 @@ def decode_ar(model, x, temperature=0.0, use_cache=True, gen=None):
 
 
 @torch.no_grad()
-def decode_ar_mtp(model, x, window=-1, structure='prefix', temperature=0.0, use_cache=True, gen=None):
+def decode_ar_mtp(model, x, attn='prefix', window=-1, temperature=0.0, use_cache=True, gen=None):
     """AR with latent tokens: left to right, one token per step, with the next `window` positions
     present as MASK latents in the pass (rank = distance from the cut, as in training).
-    structure='causal_prefix' (trained with --prefix=causal): the clean prefix never sees the
+    Positions beyond the window are seen by no one, so they are not run at all (exact).
+    attn='causal_prefix' (trained with --prefix=causal): the clean prefix never sees the
     latents, so its keys/values are cached and a step runs only the new token + W latents."""
     x = x.clone()
     B, T = x.shape
@@ -175,51 +204,56 @@ def decode_ar_mtp(model, x, window=-1, structure='prefix', temperature=0.0, use_
     W = T - start if window in (-1, None) or window <= 0 else window
     dev = x.device
     nfe = torch.zeros(B, device=dev); positions = torch.zeros(B, device=dev)
-    cached = use_cache and structure == 'causal_prefix'
-    cache = KVCache(model.cfg.n_layer) if cached else None
-    if cached and start > 1:                                          # prefill all but the last clean
+    cache = KVCache(model.cfg.n_layer) if use_cache and attn == 'causal_prefix' else None
+    if cache is not None and start > 1:                               # prefill all but the last clean
         model(x[:, :start - 1], is_causal=True, cache=cache); cache.commit(start - 1)
         positions += start - 1
     for c in range(start, T):
         end = min(T, c + W)
-        if cached:        # the newest clean token (c-1) and the window c..end-1
-            idx = torch.arange(c - 1, end, device=dev).expand(B, -1)
-            sub = x[:, c - 1:end]
-            masked = sub == MASK
-            rank = (idx - c).float()
-            n_past = len(cache)
-            local = attention_mask(structure, masked, rank, W)            # among the new positions
-            mask = torch.cat([torch.ones(B, end - c + 1, n_past, dtype=torch.bool, device=dev), local], 2)
-            logits, _ = model(sub, pos=idx, mask=mask, cache=cache)
-            cache.commit(1)
-            pred = logits[:, 1]
-        else:             # the whole sequence, positions beyond the window masked and unseen
-            masked = x == MASK
-            rank = (torch.arange(T, device=dev) - c).float().expand(B, -1)
-            logits, _ = model(x, mask=attention_mask(structure, masked, rank, W))
-            pred = logits[:, c]
-            idx = x
-        token, _ = choose_tokens(pred, temperature, gen)
-        x[:, c] = token
-        nfe += 1; positions += idx.shape[1]
+        first = c - 1 if cache is not None else 0         # cached: the newest clean token c-1 only
+        sub = x[:, first:end]
+        pos = torch.arange(first, end, device=dev).expand(B, -1)
+        attn_mask = attention_mask(attn, sub == MASK, (pos - c).float(), W)
+        if cache is not None:                             # every new position sees the whole cache
+            attn_mask = torch.cat([attn_mask.new_ones(B, end - first, len(cache)), attn_mask], 2)
+        logits, _ = model(sub, pos=pos, attn_mask=attn_mask, cache=cache)
+        if cache is not None: cache.commit(1)
+        x[:, c], _ = choose_tokens(logits[:, c - first], temperature, gen)
+        nfe += 1; positions += end - first
     return x, dict(nfe=nfe, positions=positions)
 
 
-def default_decoder(structure):
-    """What training-time evaluation uses: one token per step, most confident first."""
-    if structure == 'semi_causal':
-        return dict(method='latent', n_latent='all', policy='confidence')
-    return dict(method='mdm', order='top_prob')
+# ----------------------------------------------------------------------------------------------
+# One table: how a model with each attention structure is decoded, and the default settings of
+# each decoder (what training evaluates with). Command-line settings override them.
+
+ATTN_METHOD = {'full': 'mdm', 'independent': 'mdm', 'semi_causal': 'latent',
+               'causal': 'ar', 'prefix': 'ar_mtp', 'causal_prefix': 'ar_mtp'}
+DECODERS = {
+    'mdm': (decode_mdm, dict(order='top_prob', tokens_per_step=1, n_candidates=0, threshold=0.0, temperature=0.0)),
+    'latent': (decode_latent, dict(n_latent='all', order='top_prob', tokens_per_step=1, n_candidates=8,
+                                   threshold=0.0, temperature=0.0)),
+    'ar': (decode_ar, dict(temperature=0.0, use_cache=True)),
+    'ar_mtp': (decode_ar_mtp, dict(window=-1, temperature=0.0, use_cache=True)),
+}
+
+
+def default_decoder(attn, window=-1):
+    """The decoder training evaluates a model of this attention structure with."""
+    method = ATTN_METHOD[attn]
+    decoder = dict(method=method, **DECODERS[method][1])
+    if method == 'ar_mtp': decoder['window'] = window
+    return decoder
 
 
 @torch.no_grad()
-def evaluate(model, task, examples, structure, decoder=None, batch_size=256, device='cpu',
+def evaluate(model, task, examples, attn, decoder=None, batch_size=256, device='cpu',
              dtype='float32', seed=0, return_answers=False):
     """Decode every example and check it with the task's verifier (any valid answer counts)."""
-    decoder = dict(decoder or default_decoder(structure))
+    decoder = dict(decoder or default_decoder(attn))
     method = decoder.pop('method')
-    fn = {'mdm': decode_mdm, 'latent': decode_latent, 'ar': decode_ar, 'ar_mtp': decode_ar_mtp}[method]
-    if method in ('mdm', 'ar_mtp'): decoder.setdefault('structure', structure)
+    fn = DECODERS[method][0]
+    if method in ('mdm', 'ar_mtp'): decoder['attn'] = attn
     gen = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
@@ -238,82 +272,71 @@ def evaluate(model, task, examples, structure, decoder=None, batch_size=256, dev
     n = max(len(examples), 1)
     result = dict(accuracy=sum(valid) / n, n=len(examples), nfe_per_sample=nfe / n,
                   positions_per_sample=positions / n, seconds=seconds, seconds_per_sample=seconds / n,
-                  method=method, **{k: v for k, v in decoder.items()})
+                  method=method, **decoder)
     if return_answers:
         result['answers'], result['valid'] = answers, valid
     return result
 
 
 # ----------------------------------------------------------------------------------------------
-# Command line: --eval, --sweep_latent / --sweep_window, --input/--output, --show
+# Command line
 
 @dataclass
 class SampleConfig:
     ckpt: str = 'out/mdlm/ckpt.pt'
-    eval: bool = False
-    show: bool = False
+    show: bool = False               # print one puzzle being decoded, latents marked *
     input: str = ''                  # a file in the task's standard format
     output: str = ''                 # where to write the answers (same format)
     skip_bad: bool = False           # skip and report malformed input lines instead of stopping
     n: int = 1000                    # test examples to decode
     split: str = 'test'
-    method: str = 'auto'             # auto (from the checkpoint) | mdm | latent | ar | ar_mtp
-    n_latent: str = ''               # latent sampler: an int or 'all' (semi_causal models only)
-    policy: str = 'uniform'          # latent sampler: uniform | confidence
-    n_candidates: int = 8
-    tokens_per_step: int = 1
-    order: str = 'top_prob'          # mdm: random | top_prob | margin | entropy
-    temperature: float = 0.0
-    window: int = 0                  # ar_mtp: latent window at inference (0 = as trained)
-    use_cache: bool = True           # ar / ar_mtp with a causal prefix
-    sweep_latent: str = ''           # e.g. 0,1,2,4,8,all
-    sweep_window: str = ''           # e.g. 1,2,4,8 (AR+MTP)
-    ref_ckpts: str = ''              # comma-separated MDM/SIDM checkpoints drawn as reference lines
-    bench_cache: bool = False        # time cached vs uncached decoding (and vs --ref_ckpts) in one run
-    results: str = ''                # sweep output prefix (default: next to the checkpoint)
+    # decoder settings: None = as the checkpoint was evaluated in training
+    n_latent: str = None             # latent sampler: an int or 'all'
+    order: str = None                # random | top_prob | margin | entropy
+    n_candidates: int = None         # top_prob & co: choose among this many random masked positions (0 = all)
+    tokens_per_step: int = None
+    threshold: float = None          # also commit every candidate this confident (0 = off)
+    temperature: float = None        # 0 = greedy
+    window: int = None               # ar_mtp: latent window (-1 = all)
+    use_cache: bool = None           # ar / ar_mtp with a causal prefix
     batch_size: int = 256
     device: str = 'auto'
     dtype: str = 'float32'
     seed: int = 0
 
 
-def decoder_for(ckpt, cfg, structure):
-    """The decoder settings for this checkpoint and these flags, with clear errors."""
-    method = cfg.method
-    if method == 'auto':
-        method = {'full': 'mdm', 'independent': 'mdm', 'semi_causal': 'latent', 'causal': 'ar'}.get(structure, 'ar_mtp')
-    if cfg.n_latent and structure != 'semi_causal':
-        raise SystemExit(f'error: --n_latent needs a semi_causal model; {cfg.ckpt} is {structure!r}')
-    if method == 'mdm':
-        if structure not in ('full', 'independent', 'semi_causal'):
-            raise SystemExit(f'error: mdm decoding needs a diffusion model; this one is {structure!r}')
-        return dict(method='mdm', structure=structure, tokens_per_step=cfg.tokens_per_step,
-                    order=cfg.order, temperature=cfg.temperature)
-    if method == 'latent':
-        if structure != 'semi_causal':
-            raise SystemExit(f'error: the latent sampler needs a semi_causal model; this one is {structure!r}')
-        k = cfg.n_latent or 'all'
-        return dict(method='latent', n_latent=k if k == 'all' else int(k), policy=cfg.policy,
-                    tokens_per_step=cfg.tokens_per_step, n_candidates=cfg.n_candidates, temperature=cfg.temperature)
-    if method == 'ar':
-        if structure != 'causal':
-            raise SystemExit(f'error: ar decoding needs a causal model; this one is {structure!r}')
-        return dict(method='ar', temperature=cfg.temperature, use_cache=cfg.use_cache)
-    if structure not in ('prefix', 'causal_prefix'):
-        raise SystemExit(f'error: ar_mtp decoding needs an AR+MTP model; this one is {structure!r}')
-    return dict(method='ar_mtp', window=cfg.window or ckpt['train_config']['mtp_window'],
-                temperature=cfg.temperature, use_cache=cfg.use_cache)
+DECODER_SETTINGS = ('n_latent', 'order', 'n_candidates', 'tokens_per_step', 'threshold', 'temperature',
+                    'window', 'use_cache')
+
+
+def decoder_for(ckpt, cfg):
+    """The checkpoint's own decoder, with the settings given in cfg applied; clear errors."""
+    decoder = dict(ckpt['decoder'])
+    method = decoder['method']
+    for key in DECODER_SETTINGS:
+        value = getattr(cfg, key)
+        if value is None:
+            continue
+        if key not in DECODERS[method][1]:
+            valid = ', '.join(f'--{k}' for k in DECODERS[method][1])
+            raise SystemExit(f'error: --{key} does not apply to this {ckpt["attn"]!r} model ({method} decoding; '
+                             f'its settings: {valid})')
+        if key == 'n_latent' and value != 'all' and not (isinstance(value, int) and value >= 0):
+            raise SystemExit(f"error: --n_latent must be a count >= 0 or 'all', got {value!r}")
+        if key == 'order' and value not in ('random', 'top_prob', 'margin', 'entropy'):
+            raise SystemExit(f'error: --order must be random, top_prob, margin or entropy, got {value!r}')
+        decoder[key] = value
+    return decoder
 
 
 def show(model, task, problem, decoder, device):
     """Print one example being decoded step by step: '*' latent cells, '.' other masked cells."""
+    if decoder['method'] != 'latent':
+        raise SystemExit('error: --show draws the latent sampler; use a semi_causal checkpoint')
     x = torch.from_numpy(task.encode(problem)[0])[None].to(device)
     trace = []
-    if decoder['method'] == 'latent':
-        settings = {k: v for k, v in decoder.items() if k != 'method'}
-        out, _ = decode_latent(model, x, trace=trace, gen=torch.Generator(device=device).manual_seed(0), **settings)
-    else:
-        raise SystemExit('error: --show draws the latent sampler; use a semi_causal checkpoint')
+    settings = {k: v for k, v in decoder.items() if k != 'method'}
+    out, _ = decode_latent(model, x, trace=trace, gen=torch.Generator(device=device).manual_seed(0), **settings)
     start = task.prompt_len + 1
     for step, t in enumerate(trace):
         now = t['x'].clone(); now[t['commit']] = out[0][t['commit']]
@@ -330,90 +353,8 @@ def show(model, task, problem, decoder, device):
     print(f'answer {"verifies" if task.verify(problem, answer) else "is WRONG"}: {answer}')
 
 
-COST_COLUMNS = ('accuracy', 'nfe_per_sample', 'positions_per_sample', 'seconds_per_sample')
-
-
-def sweep(model, ckpt, task, examples, cfg, device):
-    """The paper's Figure 1: accuracy and cost against the number of latent tokens k (or the AR
-    window W), with MDM/SIDM reference lines. Writes <prefix>.csv, .json and (with matplotlib) .png."""
-    structure = ckpt['structure']
-    name, values = ('n_latent', cfg.sweep_latent) if cfg.sweep_latent else ('window', cfg.sweep_window)
-    rows = []
-    for v in values.split(','):
-        dec = decoder_for(ckpt, dataclasses.replace(cfg, n_latent=v if name == 'n_latent' else '',
-                                                    window=int(v) if name == 'window' else 0), structure)
-        r = evaluate(model, task, examples, structure, dec, cfg.batch_size, device, cfg.dtype, cfg.seed)
-        rows.append(dict(k=v, **{c: r[c] for c in COST_COLUMNS}))
-        print(f'{name}={v:>4}: accuracy {r["accuracy"]:.1%}, {r["positions_per_sample"]:.0f} positions/sample, '
-              f'{1000 * r["seconds_per_sample"]:.1f} ms/sample')
-    refs = []
-    for path in filter(None, cfg.ref_ckpts.split(',')):
-        ref_model, ref_ckpt = load_checkpoint(path, device)
-        if ref_ckpt['task_config'] != ckpt['task_config']:
-            raise SystemExit(f'error: reference {path} was trained on another task')
-        dec = dict(method='mdm', order='random' if cfg.policy == 'uniform' else 'top_prob')
-        r = evaluate(ref_model, task, examples, ref_ckpt['structure'], dec, cfg.batch_size, device, cfg.dtype, cfg.seed)
-        refs.append(dict(k=ref_ckpt['structure'], **{c: r[c] for c in COST_COLUMNS}))
-        print(f'reference {ref_ckpt["structure"]} ({dec["order"]} order): accuracy {r["accuracy"]:.1%}')
-    prefix = cfg.results or os.path.join(os.path.dirname(cfg.ckpt), f'sweep_{name}')
-    with open(prefix + '.csv', 'w') as f:
-        f.write('k,accuracy,nfe_per_sample,positions_per_sample,seconds_per_sample\n')
-        for r in rows + refs:
-            f.write(','.join(str(r[c]) for c in ('k',) + COST_COLUMNS) + '\n')
-    with open(prefix + '.json', 'w') as f:
-        json.dump(dict(task=ckpt['task_config'], sweep=name, policy=cfg.policy, n=len(examples), rows=rows, references=refs), f, indent=1)
-    plot_sweep(rows, refs, name, prefix + '.png')
-    return rows, refs
-
-
-def plot_sweep(rows, refs, name, path):
-    try:
-        import matplotlib; matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print('(matplotlib not installed: no figure)'); return
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    acc = [100 * r['accuracy'] for r in rows]
-    for ax, x, label in zip(axes, [list(range(len(rows))), [r['positions_per_sample'] for r in rows],
-                                   [1000 * r['seconds_per_sample'] for r in rows]],
-                            [name, 'positions processed per sample', 'ms per sample']):
-        ax.plot(x, acc, 'o-', color='C0', label='semi-causal' if name == 'n_latent' else 'AR+MTP')
-        for i, ref in enumerate(refs):
-            ax.axhline(100 * ref['accuracy'], ls='--', color=f'C{i + 1}', label=ref['k'])
-        ax.set_xlabel(label); ax.set_ylabel('accuracy (%)'); ax.grid(alpha=0.3)
-    axes[0].set_xticks(range(len(rows)), [r['k'] for r in rows])
-    axes[0].legend(fontsize=8)
-    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
-    print(f'wrote {path}')
-
-
-def bench_cache(model, ckpt, task, examples, cfg, device):
-    """Cached vs uncached decoding of one checkpoint, and (optionally) against reference
-    checkpoints with their own decoders (e.g. full-prefix AR+MTP), in one run: ratios, not times."""
-    decoder = decoder_for(ckpt, cfg, ckpt['structure'])
-    runs = [('cached', model, ckpt, dict(decoder, use_cache=True)), ('uncached', model, ckpt, dict(decoder, use_cache=False))]
-    for path in filter(None, cfg.ref_ckpts.split(',')):
-        m, c = load_checkpoint(path, device)
-        runs.append((f'{path} ({c["structure"]})', m.eval(), c, dict(decoder_for(c, dataclasses.replace(cfg, n_latent=''), c['structure']), use_cache=False)))
-    results = {}
-    for name, m, c, dec in runs:
-        evaluate(m, task, examples[:8], c['structure'], dec, cfg.batch_size, device, cfg.dtype)     # warm-up
-        results[name] = evaluate(m, task, examples, c['structure'], dec, cfg.batch_size, device, cfg.dtype, cfg.seed)
-    base = results['cached']
-    for name, r in results.items():
-        print(f'{name:40s} accuracy {r["accuracy"]:6.1%}  {1000 * r["seconds_per_sample"]:7.2f} ms/sample  '
-              f'{r["positions_per_sample"]:7.0f} positions/sample  speed-up of cached: {r["seconds"] / base["seconds"]:.2f}x')
-    print(json.dumps({name: {k: r[k] for k in ('accuracy', 'seconds', 'positions_per_sample')} for name, r in results.items()}))
-
-
-def main(argv):
-    cfg = parse_settings(SampleConfig(), argv)
-    device = pick_device(cfg.device)
-    model, ckpt = load_checkpoint(cfg.ckpt, device)
-    model.eval()
-    task = get_task(**ckpt['task_config'])
-    structure = ckpt['structure']
-    decoder = decoder_for(ckpt, cfg, structure)
+def load_examples(task, ckpt, cfg):
+    """The puzzles to decode: an input file, or a split of the checkpoint's own data."""
     if cfg.input:
         try:
             read = read_examples(task, cfg.input, skip_bad=cfg.skip_bad)
@@ -421,25 +362,34 @@ def main(argv):
             raise SystemExit(f'error: {e} (the checkpoint is for {task.name} {task.options})')
         examples, errors = read if cfg.skip_bad else (read, [])
         for e in errors: print('skipped', e)
-    else:
-        tc = ckpt['train_config']
-        splits = load_splits(task, tc['n_train'], tc['n_val'], tc['n_test'], tc['data_seed'], tc['data_dir'])
-        if cfg.split not in splits:
-            raise SystemExit(f'error: --split must be train, val or test')
-        examples = splits[cfg.split][:cfg.n]
+        return examples
+    if cfg.split not in ('train', 'val', 'test'):
+        raise SystemExit('error: --split must be train, val or test')
+    tc = ckpt['train_config']
+    return load_splits(task, tc['n_train'], tc['n_val'], tc['n_test'], tc['data_seed'], tc['data_dir'])[cfg.split][:cfg.n]
+
+
+def main(argv):
+    cfg = parse_settings(SampleConfig(), argv, refuse={
+        'eval': 'decoding and scoring is what sample.py does by default; drop --eval',
+        'policy': 'the commit rule is --order=random (uniform) or --order=top_prob (confidence)',
+        'method': 'the decoder follows from the checkpoint\'s attention structure'})
+    device = pick_device(cfg.device)
+    model, ckpt = load_checkpoint(cfg.ckpt, device)
+    model.eval()
+    task = get_task(**ckpt['task_config'])
+    decoder = decoder_for(ckpt, cfg)
+    examples = load_examples(task, ckpt, cfg)
     if cfg.show:
         return show(model, task, examples[0][0], decoder, device)
-    if cfg.bench_cache:
-        return bench_cache(model, ckpt, task, examples, cfg, device)
-    if cfg.sweep_latent or cfg.sweep_window:
-        sweep(model, ckpt, task, examples, cfg, device); return
-    result = evaluate(model, task, examples, structure, decoder, cfg.batch_size, device, cfg.dtype, cfg.seed,
+    result = evaluate(model, task, examples, ckpt['attn'], decoder, cfg.batch_size, device, cfg.dtype, cfg.seed,
                       return_answers=True)
     answers, valid = result.pop('answers'), result.pop('valid')
     if cfg.output:
         write_examples(task, cfg.output, [(p, a) for (p, _), a in zip(examples, answers)])
         print(f'wrote {len(answers)} answers to {cfg.output}')
-    print(f'{task.name} {task.options}: {sum(valid)} of {len(valid)} solved ({result["accuracy"]:.1%}), '
+    settings = ' '.join(f'{k}={v}' for k, v in decoder.items())
+    print(f'{task.name} {task.options}, {settings}: {sum(valid)} of {len(valid)} solved ({result["accuracy"]:.1%}), '
           f'{result["nfe_per_sample"]:.1f} forward passes and {result["positions_per_sample"]:.0f} positions '
           f'per sample, {result["seconds"]:.1f}s')
     print(json.dumps(dict(result, ckpt=cfg.ckpt, task=task.config())))

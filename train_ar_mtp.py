@@ -3,7 +3,7 @@ train_ar_mtp.py: an autoregressive baseline, and latent tokens for AR through a
 multi-token-prediction (MTP) objective. Same model, data and training loop as train_mdlm.py;
 only the loss and the attention structure differ.
 
-What it teaches (../shared/DESIGN.md section 4):
+What it teaches:
   --mtp_window=0   plain AR: causal next-token cross-entropy on the answer positions.
   --mtp_window=W   AR+MTP (the paper): per example a uniform cut c inside the answer; positions
                    before c stay clean, positions from c on become MASK. The clean prefix and the
@@ -12,18 +12,33 @@ What it teaches (../shared/DESIGN.md section 4):
                    c+1 .. c+W-1 are latent tokens: joint guesses about the future.
   --ntp_only       ablation: same inputs, loss on the first masked position only. It separates
                    "more positions in the pass" from "predicting future tokens jointly".
-  --prefix=causal  ours: clean positions attend causally and never to the masked suffix, so at
-                   inference their keys/values are cached and a step costs W+1 positions.
+  --prefix=causal  clean positions attend causally and never to the masked suffix (the authors'
+                   code trains this variant too); what is ours is using it at inference: the
+                   prefix keys/values are cached, so a step costs W+1 positions.
 
     python train_ar_mtp.py --task=path_star --mtp_window=0   --out_dir=out/ar
     python train_ar_mtp.py --task=path_star --mtp_window=-1  --out_dir=out/ar_mtp
     python train_ar_mtp.py --task=path_star --mtp_window=-1 --ntp_only --out_dir=out/ar_ntp
 """
 import sys
+from dataclasses import dataclass, field
 import torch
 from model import attention_mask
+from sample import default_decoder
 from tasks import MASK
 from train_mdlm import TrainConfig, settings, train
+
+
+@dataclass
+class ARConfig(TrainConfig):
+    task_options: dict = field(default_factory=lambda: dict(size=6, layout='prompt'))
+    out_dir: str = 'out/ar'
+    mtp_window: int = 0               # 0: plain AR;  W > 0 (or -1 = all): AR+MTP
+    ntp_only: bool = False            # ablation: loss on the first masked position only
+    prefix: str = 'full'              # full | causal (a cacheable prefix)
+
+
+PREFIX_ATTN = {'full': 'prefix', 'causal': 'causal_prefix'}     # --prefix -> attention structure
 
 
 def ar_loss(model, ids, answer_mask, cfg, gen):
@@ -36,34 +51,40 @@ def ar_loss(model, ids, answer_mask, cfg, gen):
 
 def mtp_loss(model, ids, answer_mask, cfg, gen):
     """AR+MTP: mask everything from a random cut c in the answer on; predict the first W masked
-    positions jointly (rank = distance from the cut), averaged over those positions."""
+    positions jointly (rank = distance from the cut). Every example weighs the same: its loss is
+    the mean cross-entropy over its own loss positions (as in the authors' code), so examples cut
+    early (many positions) do not drown the next-token term of those cut late."""
     B, T = ids.shape
     first = answer_mask.float().argmax(1, keepdim=True)                  # first answer position
     n_answer = answer_mask.sum(1, keepdim=True)
     cut = first + (torch.rand(B, 1, generator=gen, device=ids.device) * n_answer).long()
-    rank = (torch.arange(T, device=ids.device)[None] - cut).float()     # 0 at the cut
+    rank = (torch.arange(T, device=ids.device)[None] - cut).float()             # 0 at the cut
     masked = answer_mask & (rank >= 0)
     W = T if cfg.mtp_window < 0 else cfg.mtp_window
-    structure = 'causal_prefix' if cfg.prefix == 'causal' else 'prefix'
-    _, ce = model(ids.masked_fill(masked, MASK), mask=attention_mask(structure, masked, rank, W), targets=ids)
+    attn_mask = attention_mask(PREFIX_ATTN[cfg.prefix], masked, rank, W)
+    _, ce = model(ids.masked_fill(masked, MASK), attn_mask=attn_mask, targets=ids)
     in_loss = masked & (rank < (1 if cfg.ntp_only else W))
-    loss = (ce * in_loss).sum() / in_loss.sum()
+    loss = ((ce * in_loss).sum(1) / in_loss.sum(1).clamp(min=1)).mean()
     return loss, loss
 
 
 def objective(cfg):
     """(loss, attention structure, decoder) that train() needs for these settings."""
+    if cfg.prefix not in PREFIX_ATTN:
+        raise SystemExit(f'error: --prefix must be full or causal, got {cfg.prefix!r}')
     if cfg.mtp_window == 0:
-        return ar_loss, 'causal', dict(method='ar')
-    structure = 'causal_prefix' if cfg.prefix == 'causal' else 'prefix'
-    return mtp_loss, structure, dict(method='ar_mtp', window=cfg.mtp_window)
+        if cfg.ntp_only or cfg.prefix != 'full':
+            raise SystemExit('error: --ntp_only and --prefix apply to AR+MTP; set --mtp_window too')
+        return ar_loss, 'causal', default_decoder('causal')
+    attn = PREFIX_ATTN[cfg.prefix]
+    return mtp_loss, attn, default_decoder(attn, cfg.mtp_window)
 
 
 if __name__ == '__main__':
-    cfg, do_bench = settings(sys.argv[1:], TrainConfig(out_dir='out/ar', task_options=dict(size=6, layout='prompt')))
+    cfg, _ = settings(sys.argv[1:], ARConfig(), bench=False, refuse={
+        'attn': 'AR attention follows from --mtp_window and --prefix',
+        'bench': 'the training-speed benchmark is `python train_mdlm.py --bench`'})
     if cfg.task == 'sudoku' and cfg.task_options.get('layout', 'inplace') != 'prompt':
         raise SystemExit('error: AR models need --layout=prompt for sudoku (the puzzle before the answer)')
-    if cfg.prefix not in ('full', 'causal'):
-        raise SystemExit(f"error: --prefix must be full or causal, got {cfg.prefix!r}")
     metrics, path = train(cfg, *objective(cfg))
     print(f'final: val solve accuracy {metrics["val_accuracy"]:.1%}, checkpoint {path}')

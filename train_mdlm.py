@@ -13,15 +13,14 @@ this loop with its own loss.
     python train_mdlm.py --resume                          # continue out_dir/ckpt.pt
     python train_mdlm.py --bench                           # training tokens/s per structure
 """
-import dataclasses, math, os, random, sys, time
+import copy, dataclasses, math, os, sys, time
 from dataclasses import dataclass, field
-import numpy as np
 import torch
 from tqdm import tqdm
-from model import (ModelConfig, Transformer, STRUCTURES, attention_mask, autocast, load_checkpoint,
-                   parse_settings, pick_device, save_checkpoint)
-from tasks import MASK, TASKS, get_task, load_splits, parse_value, task_options
+from model import ATTNS, ModelConfig, Transformer, attention_mask
 from sample import default_decoder, evaluate
+from tasks import MASK, TASKS, get_task, load_splits, task_options
+from utils import autocast, load_checkpoint, parse_settings, parse_value, resolve_system, save_checkpoint
 
 
 @dataclass
@@ -43,10 +42,6 @@ class TrainConfig:
     # diffusion
     mask_all: bool = False            # mask every position, not only the answer
     eps: float = 1e-3                 # t ~ U(eps, 1)
-    # AR / AR+MTP (used by train_ar_mtp.py)
-    mtp_window: int = 0               # 0: plain AR;  W > 0 (or -1 = all): AR+MTP
-    ntp_only: bool = False            # ablation: loss on the first masked position only
-    prefix: str = 'full'              # full (paper) | causal (ours: a cacheable prefix)
     # optimisation
     batch_size: int = 128
     max_iters: int = 1500
@@ -57,7 +52,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0            # 0 = off
     ema: float = 0.0                  # e.g. 0.999; 0 = off. Evaluation and sampling use EMA weights
     # evaluation, checkpoints
     eval_interval: int = 500
@@ -72,28 +67,21 @@ class TrainConfig:
     seed: int = 0
 
 
+DIFFUSION_ATTNS = ('full', 'independent', 'semi_causal')
 TASK_OPTIONS = sorted({p for name in TASKS for p in task_options(name)})
 
 
-def settings(argv, cfg=None):
+def settings(argv, cfg=None, bench=True, refuse=None):
     """Parse --key=value; task options (--size=9) go to cfg.task_options. Defaults that do not
-    apply to the chosen task are dropped; a wrong task option is reported by get_task."""
-    cfg, extra = parse_settings(cfg or TrainConfig(), argv, extra=TASK_OPTIONS + ['bench'])
-    bench = extra.pop('bench', False)
+    apply to the chosen task are dropped; a wrong task option is reported by get_task.
+    Returns (cfg, bench?)."""
+    cfg, extra = parse_settings(cfg or TrainConfig(), argv, extra=TASK_OPTIONS + (['bench'] if bench else []),
+                                refuse=refuse)
+    do_bench = parse_value(str(extra.pop('bench', False)), False, 'bench')
     valid = task_options(cfg.task)
     cfg.task_options = {**{k: v for k, v in cfg.task_options.items() if k in valid},
                         **{k: parse_value(v) if isinstance(v, str) else v for k, v in extra.items()}}
-    return cfg, bench
-
-
-def resolve_system(cfg):
-    device = pick_device(cfg.device)
-    dtype = cfg.dtype
-    if dtype == 'auto':  # bf16 on CUDA and on CPUs with bf16 instructions (measured ~2x faster here)
-        cpu_bf16 = device == 'cpu' and 'AVX512' in torch.backends.cpu.get_cpu_capability()
-        dtype = 'bfloat16' if (device == 'cuda' and torch.cuda.is_bf16_supported()) or cpu_bf16 else 'float32'
-    use_compile = device == 'cuda' if cfg.compile == 'auto' else str(cfg.compile).lower() == 'true'
-    return device, dtype, use_compile
+    return cfg, do_bench
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,7 +106,7 @@ def diffusion_loss(model, ids, answer_mask, cfg, gen):
     masked = answer_mask & (torch.rand(B, T, generator=gen, device=ids.device) < t[:, None])
     rank = torch.rand(B, T, generator=gen, device=ids.device)  # only used by semi_causal
     x_t = ids.masked_fill(masked, MASK)
-    _, ce = model(x_t, mask=attention_mask(cfg.attn, masked, rank), targets=ids)
+    _, ce = model(x_t, attn_mask=attention_mask(cfg.attn, masked, rank), targets=ids)
     loss = mdlm_loss(ce, masked, t, answer_mask)
     plain_ce = (ce * masked).sum() / masked.sum().clamp(min=1)  # easier to read than the ELBO
     return loss, plain_ce
@@ -136,13 +124,15 @@ def lr_at(it, cfg):
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 
-def train(cfg, loss_fn=diffusion_loss, structure=None, decoder=None, quiet=False):
+def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
     """Train, evaluate, checkpoint. loss_fn(model, ids, answer_mask, cfg, gen) -> (loss, ce).
-    `structure`/`decoder` tell evaluation how to decode this model. Returns the final metrics."""
-    structure = structure or cfg.attn
-    if structure not in STRUCTURES:
-        raise SystemExit(f'error: unknown attn {structure!r}; choose from {STRUCTURES}')
-    device, dtype, use_compile = resolve_system(cfg)
+    `attn`/`decoder` say how the model attends and how evaluation decodes it (default: cfg.attn
+    and its row of sample.DECODERS). Returns (final metrics, checkpoint path)."""
+    attn = attn or cfg.attn
+    if attn not in ATTNS:
+        raise SystemExit(f'error: unknown attn {attn!r}; choose from {ATTNS}')
+    decoder = decoder or default_decoder(attn)
+    device, dtype, use_compile = resolve_system(cfg.device, cfg.dtype, cfg.compile)
     try:
         task = get_task(cfg.task, **cfg.task_options)
     except ValueError as e:
@@ -153,7 +143,7 @@ def train(cfg, loss_fn=diffusion_loss, structure=None, decoder=None, quiet=False
     if cfg.mask_all:
         answer_mask[:], val_answer[:] = True, True
 
-    torch.manual_seed(cfg.seed); random.seed(cfg.seed); np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)                                     # initial weights, dropout
     gen = torch.Generator(device=device).manual_seed(cfg.seed)     # data order and masking
     model_cfg = ModelConfig(vocab_size=len(task.vocab), block_size=task.seq_len, n_layer=cfg.n_layer,
                             n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)
@@ -164,7 +154,10 @@ def train(cfg, loss_fn=diffusion_loss, structure=None, decoder=None, quiet=False
                                    dict(params=no_decay, weight_decay=0.0)],
                                   lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                                   fused=device == 'cuda')
-    ema = [p.detach().clone() for p in model.parameters()] if cfg.ema > 0 else None
+    # EMA: a second copy of the weights, averaged after every step; evaluation and the saved
+    # 'model' use it. Without EMA, eval_model is the trained model itself.
+    ema_model = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
+    eval_model = ema_model or model
     ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
     step, history = 0, []
     if cfg.resume:
@@ -172,48 +165,17 @@ def train(cfg, loss_fn=diffusion_loss, structure=None, decoder=None, quiet=False
         if ckpt['model_config'] != dataclasses.asdict(model_cfg) or ckpt['task_config'] != task.config():
             raise SystemExit(f'error: {ckpt_path} was trained with another model or task; '
                              'use a fresh --out_dir or the same settings')
-        model.load_state_dict(ckpt['raw_model'] if 'raw_model' in ckpt else ckpt['model'])
+        model.load_state_dict(ckpt.get('raw_model', ckpt['model']))
+        if ema_model is not None: ema_model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
-        if ema is not None and 'model' in ckpt:
-            for e, v in zip(ema, ckpt['model'].values()): e.copy_(v)
-        step, history = ckpt['step'], ckpt.get('history', [])
+        step, history = ckpt['step'], ckpt['history']
         gen.set_state(ckpt['rng']['gen'].cpu())        # generator states are CPU byte tensors
-        torch.set_rng_state(ckpt['rng']['torch'])
-        np.random.set_state(ckpt['rng']['numpy']); random.setstate(ckpt['rng']['python'])
+        torch.set_rng_state(ckpt['rng']['torch'].cpu())
+        if device == 'cuda': torch.cuda.set_rng_state(ckpt['rng']['cuda'].cpu())
     step_model = torch.compile(model) if use_compile else model
 
-    def eval_weights():
-        """Swap EMA weights in for evaluation/saving; returns a function that swaps back."""
-        if ema is None: return lambda: None
-        raw = [p.detach().clone() for p in model.parameters()]
-        for p, e in zip(model.parameters(), ema): p.data.copy_(e)
-        return lambda: [p.data.copy_(r) for p, r in zip(model.parameters(), raw)]
-
-    def run_eval():
-        restore = eval_weights()
-        model.eval()
-        g = torch.Generator(device=device).manual_seed(1234)       # same val batches every time
-        with torch.no_grad(), autocast(device, dtype):
-            losses = [float(loss_fn(model, val_ids[idx], val_answer[idx], cfg, g)[0])
-                      for idx in (torch.randint(len(val_ids), (cfg.batch_size,), generator=g, device=device)
-                                  for _ in range(cfg.eval_iters))]
-        acc = evaluate(model, task, splits['val'][:cfg.eval_n], structure, decoder, device=device, dtype=dtype)
-        model.train()
-        raw_state = {k: v.clone() for k, v in model.state_dict().items()}
-        restore()
-        return dict(step=step, val_loss=sum(losses) / len(losses), val_accuracy=acc['accuracy']), raw_state
-
-    def save(metrics, eval_state):
-        state = dict(model=eval_state, model_config=dataclasses.asdict(model_cfg), task_config=task.config(),
-                     train_config=dataclasses.asdict(cfg), structure=structure, decoder=decoder,
-                     optimizer=optimizer.state_dict(), step=step, history=history, metrics=metrics,
-                     rng=dict(gen=gen.get_state(), torch=torch.get_rng_state(), numpy=np.random.get_state(),
-                              python=random.getstate()))
-        if ema is not None: state['raw_model'] = model.state_dict()
-        save_checkpoint(ckpt_path, **state)
-
     if not quiet:
-        print(f'{task.name} {task.options} | {structure} | {model.num_params() / 1e6:.2f}M params | '
+        print(f'{task.name} {task.options} | {attn} | {model.num_params() / 1e6:.2f}M params | '
               f'{len(ids)} train examples, seq_len {task.seq_len} | {device} {dtype} compile={use_compile}')
     model.train()
     bar = tqdm(range(step, cfg.max_iters), initial=step, total=cfg.max_iters, disable=quiet, dynamic_ncols=True)
@@ -226,26 +188,46 @@ def train(cfg, loss_fn=diffusion_loss, structure=None, decoder=None, quiet=False
             loss, ce = loss_fn(step_model, ids[idx], answer_mask[idx], cfg, gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        if not torch.isfinite(loss.detach() + grad_norm):   # stop before the bad step touches the weights
+            bar.close()
+            raise SystemExit(f'error: training diverged at step {step}: loss {loss.item():.4g}, gradient norm '
+                             f'{grad_norm.item():.4g} (lr {lr:.2g}). Nothing was saved; the last checkpoint '
+                             f'{ckpt_path} (step {history[-1]["step"] if history else "none"}) is untouched. '
+                             'Lower --learning_rate or use --grad_clip=1.')
         optimizer.step()
-        if ema is not None:
+        if ema_model is not None:
             with torch.no_grad():
-                for e, p in zip(ema, model.parameters()): e.lerp_(p, 1 - cfg.ema)
+                for e, p in zip(ema_model.parameters(), model.parameters()): e.lerp_(p, 1 - cfg.ema)
         tokens += ids.shape[1] * cfg.batch_size
         if step % 10 == 0:
             bar.set_postfix(loss=f'{loss.item():.4f}', ce=f'{ce.item():.4f}', lr=f'{lr:.1e}',
                             tok_s=f'{tokens / (time.time() - t0):.0f}', val_acc=metrics.get('val_accuracy', '-'))
-        last = step + 1 == cfg.max_iters
-        if (step + 1) % cfg.eval_interval == 0 or last:
-            step += 1                                   # the checkpoint holds the *next* step
-            metrics, eval_state = run_eval()
-            metrics['train_loss'] = loss.item()
-            history.append(metrics)
-            save(metrics, eval_state)
-            if not quiet:
-                tqdm.write(f'step {step}: val loss {metrics["val_loss"]:.4f}, '
-                           f'val solve accuracy {metrics["val_accuracy"]:.1%} ({cfg.eval_n} puzzles)')
+        if (step + 1) % cfg.eval_interval != 0 and step + 1 != cfg.max_iters:
+            continue
+        # evaluate: validation loss on fixed batches, then solve accuracy on eval_n val puzzles
+        step += 1                                       # the checkpoint holds the *next* step
+        eval_model.eval()
+        g = torch.Generator(device=device).manual_seed(1234)
+        with torch.no_grad(), autocast(device, dtype):
+            val_losses = [float(loss_fn(eval_model, val_ids[i], val_answer[i], cfg, g)[0]) for i in
+                          (torch.randint(len(val_ids), (cfg.batch_size,), generator=g, device=device)
+                           for _ in range(cfg.eval_iters))]
+        acc = evaluate(eval_model, task, splits['val'][:cfg.eval_n], attn, decoder, device=device, dtype=dtype)
+        model.train()
+        metrics = dict(step=step, val_loss=sum(val_losses) / len(val_losses), val_accuracy=acc['accuracy'],
+                       train_loss=loss.item())
+        history.append(metrics)
+        rng = dict(gen=gen.get_state(), torch=torch.get_rng_state())
+        if device == 'cuda': rng['cuda'] = torch.cuda.get_rng_state()
+        state = dict(model=eval_model.state_dict(), model_config=dataclasses.asdict(model_cfg),
+                     task_config=task.config(), train_config=dataclasses.asdict(cfg), attn=attn, decoder=decoder,
+                     optimizer=optimizer.state_dict(), step=step, history=history, metrics=metrics, rng=rng)
+        if ema_model is not None: state['raw_model'] = model.state_dict()
+        save_checkpoint(ckpt_path, **state)
+        if not quiet:
+            tqdm.write(f'step {step}: val loss {metrics["val_loss"]:.4f}, '
+                       f'val solve accuracy {metrics["val_accuracy"]:.1%} ({cfg.eval_n} puzzles)')
     bar.close()
     return metrics, ckpt_path
 
@@ -255,7 +237,7 @@ def train(cfg, loss_fn=diffusion_loss, structure=None, decoder=None, quiet=False
 # size, in the same run (the generality of the mask builder should cost close to nothing).
 
 def bench(cfg, iters=20):
-    device, dtype, use_compile = resolve_system(cfg)
+    device, dtype, use_compile = resolve_system(cfg.device, cfg.dtype, cfg.compile)
     task = get_task(cfg.task, **cfg.task_options)
     T, B = task.seq_len, cfg.batch_size
     model = Transformer(ModelConfig(len(task.vocab), T, cfg.n_layer, cfg.n_head, cfg.n_embd)).to(device)
@@ -292,6 +274,9 @@ def bench(cfg, iters=20):
 
 if __name__ == '__main__':
     cfg, do_bench = settings(sys.argv[1:])
+    if cfg.attn not in DIFFUSION_ATTNS:
+        raise SystemExit(f'error: train_mdlm.py trains --attn={"|".join(DIFFUSION_ATTNS)}; '
+                         'AR models are trained by train_ar_mtp.py')
     if do_bench:
         bench(cfg)
     else:

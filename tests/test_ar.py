@@ -1,13 +1,13 @@
 """AR and AR+MTP: KV-cache parity, the MTP loss and its window, tiny models learn."""
-import dataclasses, math
+import math
 import numpy as np
 import pytest
 import torch
-from model import KVCache, ModelConfig, Transformer, attention_mask
+from model import KVCache, ModelConfig, Transformer
 from sample import decode_ar, decode_ar_mtp
 from tasks import MASK, generate, get_task
-from train_ar_mtp import ar_loss, mtp_loss
-from train_mdlm import TrainConfig, settings, train
+from train_ar_mtp import ARConfig, ar_loss, mtp_loss, objective
+from train_mdlm import settings, train
 
 TASK = get_task('sudoku', size=4, givens=6, layout='prompt')
 
@@ -36,16 +36,31 @@ def test_cached_and_uncached_decoding_agree():
     b, sb = decode_ar(model, x, use_cache=False)
     assert torch.equal(a, b) and (a != MASK).all()
     assert sa['positions'][0] < sb['positions'][0] / 3           # the cache saves work
-    c, sc = decode_ar_mtp(model, x, window=3, structure='causal_prefix', use_cache=True)
-    d, sd = decode_ar_mtp(model, x, window=3, structure='causal_prefix', use_cache=False)
+    c, sc = decode_ar_mtp(model, x, 'causal_prefix', window=3, use_cache=True)
+    d, sd = decode_ar_mtp(model, x, 'causal_prefix', window=3, use_cache=False)
     assert torch.equal(c, d) and sc['positions'][0] == 16 + sum(min(33, c + 3) - c + 1 for c in range(17, 33))
-    assert sd['positions'][0] == 16 * 33                      # uncached: the whole sequence every step
+    assert sd['positions'][0] == sum(min(33, c + 3) for c in range(17, 33))   # uncached: up to the window
+
+
+@pytest.mark.parametrize('attn', ['prefix', 'causal_prefix'])
+def test_dropping_positions_beyond_the_window_is_exact(attn):
+    """The decoder runs only positions up to the window's end; a pass over the whole sequence
+    (positions beyond the window masked and unseen) gives the same next-token logits."""
+    from model import attention_mask
+    model, x = model_and_batch()
+    c, W, T = 17, 3, x.shape[1]
+    rank = (torch.arange(T) - c).float().expand(3, -1)
+    full, _ = model(x, attn_mask=attention_mask(attn, x == MASK, rank, W))
+    short, _ = model(x[:, :c + W], attn_mask=attention_mask(attn, x[:, :c + W] == MASK, rank[:, :c + W], W))
+    assert torch.allclose(short[:, :c + W], full[:, :c + W], atol=1e-5)
+    out, stats = decode_ar_mtp(model, x, attn, window=W, use_cache=False)
+    assert (out[:, c:] != MASK).all() and stats['positions'][0] < 16 * T
 
 
 class Spy(torch.nn.Module):
     """Records its inputs; the 'cross-entropy' at position p is p, so losses are checkable."""
-    def forward(self, x, mask=None, targets=None, is_causal=False, **kw):
-        self.x, self.mask = x, mask
+    def forward(self, x, attn_mask=None, targets=None, is_causal=False, **kw):
+        self.x, self.mask = x, attn_mask
         return None, torch.arange(x.shape[1]).float().expand(x.shape)
 
 
@@ -55,13 +70,15 @@ def test_mtp_loss_and_window(window, ntp_only):
     ids, answer = torch.from_numpy(np.stack([TASK.encode(*e)[0] for e in generate(TASK, 8, seed=0, workers=1)])), None
     answer = torch.from_numpy(np.stack([TASK.encode(*e)[1] for e in generate(TASK, 8, seed=0, workers=1)]))
     spy = Spy()
-    cfg = TrainConfig(mtp_window=window, ntp_only=ntp_only)
+    cfg = ARConfig(mtp_window=window, ntp_only=ntp_only)
     loss, _ = mtp_loss(spy, ids, answer, cfg, torch.Generator().manual_seed(0))
     masked = spy.x == MASK
     W = 1 if ntp_only else (99 if window < 0 else window)
     cut = masked.float().argmax(1)
-    in_loss = [p for b in range(8) for p in range(int(cut[b]), min(33, int(cut[b]) + W))]
-    assert loss.item() == pytest.approx(sum(in_loss) / len(in_loss))        # mean CE over the window
+    # every example weighs the same: the mean over examples of its own mean CE over the window
+    per_example = [sum(range(int(cut[b]), min(33, int(cut[b]) + W))) / (min(33, int(cut[b]) + W) - int(cut[b]))
+                   for b in range(8)]
+    assert loss.item() == pytest.approx(sum(per_example) / 8)
     for b in range(8):                     # masked positions beyond the window: seen by nobody else
         beyond = torch.arange(33) >= cut[b] + (99 if window < 0 else window)
         others = ~torch.eye(33, dtype=torch.bool)
@@ -73,19 +90,19 @@ def test_ar_loss_hand_computed():
     ids = torch.tensor([[3, 4, 5, 6]])
     answer = torch.tensor([[False, False, True, True]])
     spy = Spy()
-    loss, _ = ar_loss(spy, ids, answer, TrainConfig(), None)
+    loss, _ = ar_loss(spy, ids, answer, ARConfig(), None)
     # input positions 0..2 predict tokens 1..3; targets 2 and 3 are answers -> 'CE' at inputs 1, 2
     assert loss.item() == pytest.approx((1 + 2) / 2) and spy.x.shape == (1, 3)
 
 
-@pytest.mark.parametrize('window', [0, 2])
+@pytest.mark.parametrize('window', [0, -1])
 def test_tiny_ar_and_ar_mtp_learn(window, tmp_path):
-    import train_ar_mtp
+    """Through the same path as the command line: settings -> objective -> train."""
     cfg, _ = settings(['presets/tiny_test.json', f'--out_dir={tmp_path}/out', f'--data_dir={tmp_path}/data',
-                       '--layout=prompt', f'--mtp_window={window}', '--max_iters=600', '--eval_interval=600'])
-    loss_fn = train_ar_mtp.ar_loss if window == 0 else train_ar_mtp.mtp_loss
-    structure = 'causal' if window == 0 else 'prefix'
-    decoder = dict(method='ar') if window == 0 else dict(method='ar_mtp', window=window)
-    metrics, _ = train(cfg, loss_fn, structure, decoder, quiet=True)
+                       '--layout=prompt', f'--mtp_window={window}', '--max_iters=600', '--eval_interval=600'], ARConfig())
+    loss, attn, decoder = objective(cfg)
+    assert (attn, decoder['method']) == (('causal', 'ar') if window == 0 else ('prefix', 'ar_mtp'))
+    assert decoder.get('window') == (None if window == 0 else window)
+    metrics, _ = train(cfg, loss, attn, decoder, quiet=True)
     assert metrics['val_loss'] < 0.7 * math.log(4)        # uniform over the 4 digits: log 4
     assert metrics['val_accuracy'] > 0.02                 # at least 2 of 64 solved; chance ~1e-6

@@ -15,11 +15,11 @@ def tiny(n_layer=2):
 
 def influence(model, x, mask, is_causal=False):
     """[T, T] bool: does changing the token at key j change the output at query i?"""
-    base, _ = model(x, mask=mask, is_causal=is_causal)
+    base, _ = model(x, attn_mask=mask, is_causal=is_causal)
     out = torch.zeros(T, T, dtype=torch.bool)
     for j in range(T):
         y = x.clone(); y[0, j] = (y[0, j] + 1) % V
-        changed, _ = model(y, mask=mask, is_causal=is_causal)
+        changed, _ = model(y, attn_mask=mask, is_causal=is_causal)
         out[:, j] = (changed - base)[0].abs().amax(-1) > 1e-5
     return out
 
@@ -78,10 +78,10 @@ def test_subset_of_positions_with_position_ids_matches_full_sequence():
     positions and that one query (with their position ids, in shuffled order) is exact."""
     model = tiny()
     x = torch.randint(3, V, (1, T))
-    full, _ = model(x, mask=attention_mask('independent', MASKED))
+    full, _ = model(x, attn_mask=attention_mask('independent', MASKED))
     keep = torch.tensor([5, 0, 8, 1, 4])                      # masked position 5 and the clean ones
     sub_masked = MASKED[:, keep]
-    sub, _ = model(x[:, keep], pos=keep[None], mask=attention_mask('independent', sub_masked))
+    sub, _ = model(x[:, keep], pos=keep[None], attn_mask=attention_mask('independent', sub_masked))
     assert torch.allclose(sub[0], full[0, keep], atol=1e-5)
 
 
@@ -90,7 +90,27 @@ def test_position_ids_beyond_block_size_are_an_error():
         tiny()(torch.zeros(1, 40, dtype=torch.long))
 
 
-def test_parameter_count_and_flops():
+def test_parameter_count_and_flops_by_hand():
+    """V=12 tokens, 32 positions, width 32, 2 layers: embeddings V*d + 32*d; per layer qkv 3d^2,
+    proj d^2, MLP 8d^2 and two norms 2d; a final norm d. FLOPs: 6N + 12 L H Q T (PaLM)."""
+    d, L = 32, 2
+    n = V * d + 32 * d + L * (12 * d * d + 2 * d) + d
+    model = tiny(n_layer=L)
+    assert model.num_params() == n == 26_144
+    assert model.flops_per_token(T) == 6 * n + 12 * L * 2 * 16 * T
+
+
+def test_absolute_positions_follow_position_ids():
+    """The absolute embedding is looked up by position id, not by slot: swapping two tokens
+    together with their ids changes nothing but the order of the outputs; swapping the tokens
+    alone (full attention, so only positions tell them apart) changes the outputs."""
     model = tiny()
-    n = model.num_params()
-    assert n == sum(p.numel() for p in model.parameters()) and model.flops_per_token(T) > 6 * n
+    x = torch.randint(3, V, (1, T))
+    base, _ = model(x)
+    perm = torch.tensor([3, 1, 2, 0, 4, 5, 8, 7, 6])
+    moved, _ = model(x[:, perm], pos=perm[None])
+    assert torch.allclose(moved[0], base[0, perm], atol=1e-5)
+    x2 = x.clone(); x2[0, [0, 3]] = x[0, [3, 0]]
+    if x[0, 0] != x[0, 3]:
+        swapped, _ = model(x2)
+        assert not torch.allclose(swapped[0, 5], base[0, 5], atol=1e-4)

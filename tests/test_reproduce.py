@@ -9,32 +9,38 @@ def test_smoke_reproduction_writes_every_file(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = list(csv.DictReader(open(out / 'models.csv')))
-    assert {(r['model'], r['seed']) for r in rows} == {(m, s) for m in ('MDM', 'SIDM', 'SCDM', 'AR', 'AR+MTP', 'AR-NTP', 'AR+MTP causal prefix') for s in '01'}
+    models = ('MDM', 'SIDM', 'SCDM', 'AR', 'AR+MTP', 'AR-NTP', 'AR+MTP causal prefix', 'AR+MTP W=2')
+    assert {(r['model'], r['seed']) for r in rows} == {(m, s) for m in models for s in '01'}
+    assert {(r['model'], r['decoding']) for r in rows if r['finding'] == 'C1'} == \
+        {(m, o) for m in ('MDM', 'SIDM', 'SCDM') for o in ('random', 'top_prob')}
+    assert {r['task'] for r in rows} == {'sudoku4', 'path_star'}
     assert all(0 <= float(r['accuracy']) <= 1 and int(r['n']) == 32 for r in rows)
     for seed in '01':
         sweep = list(csv.DictReader(open(out / f'sweep_latent_seed{seed}.csv')))
-        assert [r['k'] for r in sweep] == ['0', '1', 'all', 'full', 'independent']
-        assert set(sweep[0]) == {'k', 'accuracy', 'nfe_per_sample', 'positions_per_sample', 'seconds_per_sample'}
+        assert [(r['order'], r['k']) for r in sweep] == [(o, k) for o in ('random', 'top_prob')
+                                                         for k in ('0', '1', 'all', 'full', 'independent')]
+        assert set(sweep[0]) == {'order', 'k', 'accuracy', 'nfe_per_sample', 'positions_per_sample', 'seconds_per_sample'}
         assert float(sweep[0]['positions_per_sample']) < float(sweep[2]['positions_per_sample'])  # k costs
-        assert (out / f'sweep_latent_seed{seed}.png').stat().st_size > 1000
-        assert [r['k'] for r in csv.DictReader(open(out / f'sweep_window_seed{seed}.csv'))] == ['1', '-1']
     summary = json.load(open(out / 'summary.json'))
-    assert summary['models']['MDM (random)']['per_seed'].__len__() == 2 and 'hardware' in summary
+    assert len(summary['models']['MDM (random)']['per_seed']) == 2 and 'hardware' in summary
+    assert summary['wall_clock_minutes'] > 0 and len(summary['dial']) == 10
     assert (out / 'dial.png').stat().st_size > 1000
     table = (out / 'table.md').read_text()
-    assert '| MDM | random |' in table and '| all |' in table and '| AR+MTP latent window W' in table
-    assert [r['window'] for r in summary['ar_mtp_window']] == ['1', '-1']
+    assert '| MDM | random |' in table and '| top_prob | all |' in table and 'SIDM (reference)' in table
 
 
 def test_every_scale_builds_valid_settings():
     """The gpu scale cannot be run in CI; at least its settings must be valid TrainConfigs and
     tasks, so that a typo does not surface after an hour on a GPU."""
-    from reproduce import AR_MODELS, SCALES
+    from reproduce import AR_MODELS, SCALES, scale_settings
     from tasks import get_task
+    from train_ar_mtp import ARConfig, objective
     from train_mdlm import TrainConfig
-    names = list(AR_MODELS)
     for scale in SCALES.values():
-        for settings in [{'task': 'sudoku', **scale['diffusion']}] + [{**scale['ar'], **kw} for kw in AR_MODELS.values()]:
-            cfg = TrainConfig(**settings)                 # an unknown key raises TypeError
-            get_task(cfg.task, **cfg.task_options)        # a wrong task option raises ValueError
-        assert set(scale['ar_models'].split(',')) <= set(names)
+        cfg = TrainConfig(**{'task': 'sudoku', **scale_settings(scale['diffusion'])})   # unknown key: TypeError
+        get_task(cfg.task, **cfg.task_options)                                         # wrong option: ValueError
+        for kw in list(AR_MODELS.values()) + [dict(mtp_window=int(w)) for w in filter(None, scale['windows'].split(','))]:
+            cfg = ARConfig(**{**scale_settings(scale['ar']), **kw})
+            get_task(cfg.task, **cfg.task_options)
+            objective(cfg)
+        assert set(scale['ar_models'].split(',')) <= set(AR_MODELS)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from model import ModelConfig, Transformer, attention_mask
 from sample import decode_latent, decode_mdm, evaluate
-from tasks import MASK, generate, get_task, write_examples
+from tasks import MASK, generate, get_task
 from train_mdlm import settings, train
 
 TASK = get_task('sudoku', size=4, givens=6)
@@ -27,7 +27,7 @@ def puzzles(n, seed=0):
 def test_latent_pass_processes_and_commits_exactly_what_it_claims(k):
     model, (ex, x) = tiny_model(), puzzles(4)
     trace = []
-    out, stats = decode_latent(model, x, n_latent=k, policy='uniform', gen=torch.Generator().manual_seed(0), trace=trace)
+    out, stats = decode_latent(model, x, n_latent=k, order='random', gen=torch.Generator().manual_seed(0), trace=trace)
     T, M = x.shape[1], int((x[0] == MASK).sum())                 # 10 blanks in every 4x4 puzzle here
     assert len(trace) == M and stats['nfe'].tolist() == [M] * 4   # one committed position per pass
     expected = sum(T - r + (r - 1 if k == 'all' else min(k, r - 1)) + 1 for r in range(M, 0, -1))
@@ -38,22 +38,41 @@ def test_latent_pass_processes_and_commits_exactly_what_it_claims(k):
     assert (out != MASK).all() and torch.equal(out[x != MASK], x[x != MASK])   # clean never changed
 
 
-def test_trimmed_pass_equals_full_untrimmed_pass():
-    """Semi-causal: D (rank k) sees clean + the k latents. The positions not in the pass have
-    higher ranks, so nobody D can see could see them: dropping them changes nothing."""
-    model, (_, x) = tiny_model(), puzzles(1)
-    masked = x == MASK
-    m_idx = torch.nonzero(masked[0]).flatten()
-    latent, decode, rest = m_idx[:3], m_idx[3:4], m_idx[4:]
-    rank = torch.zeros(1, x.shape[1])
-    rank[0, latent] = torch.tensor([0.0, 1.0, 2.0]); rank[0, decode] = 3.0
-    rank[0, rest] = 4.0 + torch.arange(len(rest)).float()
-    full, _ = model(x, mask=attention_mask('semi_causal', masked, rank))
-    keep = torch.cat([torch.nonzero(~masked[0]).flatten(), latent, decode])
-    keep = keep[torch.randperm(len(keep))]                       # any order, thanks to position ids
-    sub, _ = model(x[:, keep], pos=keep[None], mask=attention_mask('semi_causal', masked[:, keep], rank[:, keep]))
-    d = int((keep == decode).nonzero())
-    assert torch.allclose(sub[0, d], full[0, decode[0]], atol=1e-5)
+@pytest.mark.parametrize('k,order', [(0, 'random'), (2, 'random'), ('all', 'random'), (2, 'top_prob')])
+def test_sampler_trimmed_passes_equal_full_untrimmed_passes(k, order, monkeypatch):
+    """Every pass decode_latent really runs, on clean + L + D only, gives D (or the candidates)
+    the same logits as a pass over the whole sequence in which the dropped masked positions
+    rank above everything: under semi_causal attention nobody D can see could see them."""
+    import sample
+    model, (_, x) = tiny_model(), puzzles(3)
+    seen = []
+    real_mask = sample.attention_mask
+    monkeypatch.setattr(sample, 'attention_mask', lambda a, m, r, *w: seen.append((m, r)) or real_mask(a, m, r, *w))
+
+    class Recorder(torch.nn.Module):
+        cfg = model.cfg
+        def forward(self, x_sub, pos, attn_mask):
+            logits, _ = model(x_sub, pos=pos, attn_mask=attn_mask)
+            seen[-1] += (x_sub, pos, logits)
+            return logits, None
+
+    trace = []
+    decode_latent(Recorder(), x, n_latent=k, order=order, n_candidates=3, gen=torch.Generator().manual_seed(0), trace=trace)
+    assert len(seen) == len(trace) > 0
+    dropped = 0
+    for (masked_sub, rank_sub, x_sub, pos, logits), t in zip(seen, trace):
+        row = 0                                                       # trace holds row 0
+        valid = masked_sub[row] | (x_sub[row] != MASK)                # not padding of a shorter row
+        full_x = t['x'][None]
+        masked = full_x == MASK
+        rank = torch.full((1, x.shape[1]), 3.0)                       # dropped: above every kept rank
+        rank[0, pos[row, valid]] = rank_sub[row, valid]
+        full, _ = model(full_x, attn_mask=real_mask('semi_causal', masked, rank))
+        front = masked_sub[row] & (rank_sub[row] == 2.0) & valid      # D or the candidates
+        assert front.any()
+        assert torch.allclose(logits[row, front], full[0, pos[row, front]], atol=1e-5)
+        dropped += x.shape[1] - int(valid.sum())
+    assert (dropped > 0) == (k != 'all')                              # k < all really trims
 
 
 @pytest.mark.parametrize('m', [1, 3, 4])
@@ -84,10 +103,10 @@ def trained(tmp_path_factory):
 
 
 def test_evaluation_accuracy_matches_the_verifier(trained):
-    from model import load_checkpoint
+    from utils import load_checkpoint
     model, ckpt = load_checkpoint(f'{trained}/out/ckpt.pt')
     ex = generate(TASK, 64, seed=5, workers=1)
-    r = evaluate(model, TASK, ex, 'semi_causal', dict(method='latent', n_latent='all', policy='confidence'), return_answers=True)
+    r = evaluate(model, TASK, ex, 'semi_causal', None, return_answers=True)
     by_hand = sum(TASK.verify(p, a) for (p, _), a in zip(ex, r['answers']))
     assert r['accuracy'] == by_hand / 64 and by_hand > 3          # a tiny model beats chance (~1e-6)
 
@@ -109,24 +128,61 @@ def test_file_input_is_solved_and_written_in_the_same_format(trained, tmp_path):
     assert result['n'] == 20 and result['accuracy'] == sum(TASK.verify(*l.split(',')) for l in lines) / 20
 
 
-def test_decoder_must_fit_the_model():
-    from sample import SampleConfig, decoder_for
-    with pytest.raises(SystemExit, match='needs a semi_causal model'):
-        decoder_for({}, SampleConfig(n_latent='4'), 'full')
-    with pytest.raises(SystemExit, match=r'needs an AR\+MTP model'):
-        decoder_for({}, SampleConfig(method='ar_mtp'), 'semi_causal')
-    assert decoder_for({}, SampleConfig(n_latent='4'), 'semi_causal')['n_latent'] == 4
+def test_decoder_defaults_to_the_checkpoint_and_rejects_settings_that_do_not_apply():
+    from sample import SampleConfig, decoder_for, default_decoder
+    scdm = dict(attn='semi_causal', decoder=default_decoder('semi_causal'))
+    assert decoder_for(scdm, SampleConfig()) == scdm['decoder']        # as training evaluated it
+    assert decoder_for(scdm, SampleConfig(n_latent=4))['n_latent'] == 4
+    assert decoder_for(scdm, SampleConfig(order='random'))['order'] == 'random'
+    mdm = dict(attn='full', decoder=default_decoder('full'))
+    with pytest.raises(SystemExit, match='--n_latent does not apply'):
+        decoder_for(mdm, SampleConfig(n_latent=4))
+    ar = dict(attn='causal', decoder=default_decoder('causal'))
+    with pytest.raises(SystemExit, match='--window does not apply'):
+        decoder_for(ar, SampleConfig(window=3))
+    with pytest.raises(SystemExit, match='--order must be'):
+        decoder_for(scdm, SampleConfig(order='uniform'))
+
+
+@pytest.mark.parametrize('threshold', [0.0, 0.09, 0.9, 1.01])
+def test_threshold_commits_at_least_one_and_at_most_the_masked(threshold):
+    """Every pass commits at least one position and never more than are masked; a threshold
+    commits every candidate at least that confident, so it never needs more passes."""
+    model, (_, x) = tiny_model(), puzzles(4)
+    calls = []
+
+    class Counter(torch.nn.Module):
+        cfg = model.cfg
+        def forward(self, x_, **kw):
+            calls.append(int((x_ == MASK).sum(1).max()))
+            return model(x_, **kw)
+
+    M = int((x[0] == MASK).sum())
+    out, stats = decode_mdm(Counter(), x, 'full', order='top_prob', threshold=threshold)
+    assert (out != MASK).all() and torch.equal(out[x != MASK], x[x != MASK])
+    passes = stats['nfe'].tolist()
+    assert all(1 <= p <= M for p in passes)
+    assert calls == sorted(calls, reverse=True) and len(set(calls)) == len(calls)   # each pass commits >= 1
+    if threshold == 0.0 or threshold > 1:
+        assert passes == [M] * 4                                    # one token per pass
+    if threshold == 0.09:      # 11 tokens may be emitted (13 minus MASK, SEP): every top probability >= 1/11
+        assert passes == [1] * 4                                    # so everything commits at once
+    out2, stats2 = decode_latent(model, x, n_latent=2, order='top_prob', threshold=threshold,
+                                 gen=torch.Generator().manual_seed(0))
+    assert (out2 != MASK).all() and all(1 <= p <= M for p in stats2['nfe'].tolist())
 
 
 def test_bad_input_gives_one_clear_error(trained, tmp_path):
     ck = f'--ckpt={trained}/out/ckpt.pt'
     bad_file = tmp_path / 'nine.txt'
     bad_file.write_text('.' * 81 + '\n')
-    cases = [(['--ckpt=/nope.pt', '--eval'], 'does not exist'),
-             ([f'--ckpt={bad_file}', '--eval'], 'not a readable checkpoint'),
+    cases = [(['--ckpt=/nope.pt'], 'does not exist'),
+             ([f'--ckpt={bad_file}'], 'not a readable checkpoint'),
              ([ck, f'--input={bad_file}'], 'nine.txt:1: expected 16 cells'),
              ([ck, '--frobnicate=1'], 'unknown setting'),
-             ([ck, '--eval', '--method=ar'], 'needs a causal model')]
+             ([ck, '--window=3'], '--window does not apply'),
+             ([ck, '--eval'], 'drop --eval'),
+             ([ck, '--n_latent=some'], '--n_latent must be')]
     for args, message in cases:
         r = run(*args)
         assert r.returncode != 0 and message in r.stderr and 'Traceback' not in r.stderr, (args, r.stderr)

@@ -2,7 +2,7 @@
 import dataclasses, math
 import pytest
 import torch
-from model import load_checkpoint
+from utils import load_checkpoint
 from train_mdlm import TrainConfig, diffusion_loss, mdlm_loss, settings, train
 
 

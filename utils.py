@@ -1,0 +1,146 @@
+"""
+utils.py: the plumbing every script shares, kept out of the model so model.py is only the model.
+
+  parse_settings   nanoGPT-style settings: a dataclass, preset files, --key=value overrides
+  resolve_system   device, dtype (bf16 where supported) and torch.compile from 'auto' settings
+  autocast         the mixed-precision context for a device and dtype
+  save_checkpoint / load_checkpoint   atomic writes, safe reads (no code runs on load)
+"""
+import dataclasses, json, os, pickle, re
+from contextlib import nullcontext
+import torch
+from model import ModelConfig, Transformer
+
+
+def parse_settings(cfg, argv, extra=(), refuse=None):
+    """A dataclass instance, then preset files (positional *.json arguments or --preset=path),
+    then --key=value overrides, in order. An unknown key is an error that lists the valid ones.
+    Keys named in `extra` are returned separately; keys in `refuse` ({key: why}) are an error
+    that says why (a setting that exists elsewhere but means nothing here)."""
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    refuse, extras = refuse or {}, {}
+
+    def set_(key, value, source):
+        if key in refuse:
+            raise SystemExit(f'error: --{key} is not used here: {refuse[key]}')
+        if key in extra:
+            extras[key] = value; return
+        if key not in fields:
+            raise SystemExit(f'error: unknown setting {key!r} in {source}. Valid settings: '
+                             + ', '.join(sorted(fields | set(extra))))
+        current = getattr(cfg, key)
+        if isinstance(value, str) and not isinstance(current, str):
+            value = parse_value(value, current, key)
+        setattr(cfg, key, value)
+
+    for arg in argv:
+        if arg.endswith('.json') and not arg.startswith('--'):
+            arg = f'--preset={arg}'
+        if not arg.startswith('--'):
+            raise SystemExit(f'error: unexpected argument {arg!r}; use --key=value')
+        key, eq, value = arg[2:].partition('=')
+        if key == 'preset':
+            path = value if os.path.exists(value) else os.path.join(os.path.dirname(__file__), 'presets', value + '.json')
+            try:
+                with open(path) as f:
+                    preset = json.load(f)
+            except (OSError, json.JSONDecodeError) as e:
+                raise SystemExit(f'error: cannot read preset {value!r}: {e}')
+            for k, v in preset.items():
+                set_(k, v, path)
+        else:
+            set_(key, value if eq else 'true', 'the command line')
+    return (cfg, extras) if extra else cfg
+
+
+def parse_value(value, current=None, key='value'):
+    """A command-line string as the type of `current` (None: guess int, float, bool or string)."""
+    try:
+        if isinstance(current, bool):
+            if value.lower() not in ('true', 'false', '1', '0'): raise ValueError
+            return value.lower() in ('true', '1')
+        if isinstance(current, int): return int(value)
+        if isinstance(current, float): return float(value)
+        if isinstance(current, dict): return json.loads(value)
+    except (ValueError, json.JSONDecodeError):
+        raise SystemExit(f'error: bad value {value!r} for {key} (expected {type(current).__name__})')
+    if current is None:
+        for cast in (int, float):
+            try: return cast(value)
+            except ValueError: pass
+        return {'true': True, 'false': False}.get(value.lower(), value)
+    return value
+
+
+def pick_device(device='auto'):
+    if device == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    return device
+
+
+def resolve_system(device='auto', dtype='auto', compile='auto'):
+    """-> (device, dtype, use_compile). dtype 'auto' is bf16 on CUDA cards that support it and on
+    CPUs with AVX-512 (where it is about as fast as fp32 at these sizes and halves activation
+    memory); compile 'auto' is on for CUDA only (on CPU it costs minutes and gains little here)."""
+    device = pick_device(device)
+    if dtype == 'auto':
+        cpu_bf16 = device == 'cpu' and 'AVX512' in torch.backends.cpu.get_cpu_capability()
+        dtype = 'bfloat16' if (device == 'cuda' and torch.cuda.is_bf16_supported()) or cpu_bf16 else 'float32'
+    use_compile = device == 'cuda' if compile == 'auto' else str(compile).lower() == 'true'
+    return device, dtype, use_compile
+
+
+def autocast(device, dtype):
+    """bf16/fp16 autocast context for 'bfloat16'/'float16'; nothing for 'float32'."""
+    if dtype == 'float32':
+        return nullcontext()
+    return torch.autocast(device_type=device.split(':')[0], dtype=getattr(torch, dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: one file holding tensors and plain Python values only (dicts, lists, numbers,
+# strings), so that `torch.load(weights_only=True)` can read it without running any code.
+
+CHECKPOINT_KIND = 'latent-tokens-checkpoint-v2'     # v2: absolute position embeddings, safe loading
+CHECKPOINT_KEYS = ('model', 'model_config', 'task_config', 'train_config', 'attn', 'decoder')
+
+
+def save_checkpoint(path, **state):
+    """One file, written atomically: a kill mid-write leaves the previous checkpoint intact.
+    Non-finite weights are never written (they would destroy the last good checkpoint)."""
+    bad = [k for k, v in state['model'].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise SystemExit(f'error: not saving {path}: non-finite weights in {bad[0]} (and {len(bad) - 1} more)')
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    torch.save(dict(kind=CHECKPOINT_KIND, **state), path + '.tmp')
+    os.replace(path + '.tmp', path)
+
+
+def load_checkpoint(path, device='cpu'):
+    """-> (model, checkpoint dict). Clear one-line errors for a missing, unsafe, foreign or
+    incomplete file."""
+    if not os.path.exists(path):
+        raise SystemExit(f'error: checkpoint {path!r} does not exist')
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:             # weights_only met something it will not build
+        found = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
+        if not found:
+            raise SystemExit(f'error: {path!r} is not a readable checkpoint (it does not unpickle)')
+        raise SystemExit(f'error: refusing to load {path!r}: it asks to call {found.group(1)}, and a checkpoint '
+                         'holds only tensors and plain values; loading it could run code')
+    except Exception as e:                          # torch raises many kinds for a bad file
+        raise SystemExit(f'error: {path!r} is not a readable checkpoint ({type(e).__name__})')
+    if not isinstance(ckpt, dict) or ckpt.get('kind') != CHECKPOINT_KIND:
+        raise SystemExit(f'error: {path!r} is not a checkpoint written by this version of the repo '
+                         f'(expected kind {CHECKPOINT_KIND!r}); retrain it')
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise SystemExit(f'error: checkpoint {path!r} is incomplete: it has no {", ".join(missing)}')
+    model = Transformer(ModelConfig(**ckpt['model_config'])).to(device)
+    try:
+        model.load_state_dict(ckpt['model'])
+    except RuntimeError as e:
+        raise SystemExit(f'error: the weights in {path!r} do not fit the model it describes '
+                         f'({str(e).splitlines()[0][:120]})')
+    return model, ckpt
