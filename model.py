@@ -49,8 +49,10 @@ def attention_mask(attn, masked=None, rank=None, window=None):
     if attn == 'independent':
         return clean_k | (masked_q & self_)
     if attn == 'semi_causal':
+        # EXERCISE 1: semi-causal attention
         lower = rank[:, None, :] < rank[:, :, None]
         return clean_k | self_ | (masked_q & masked[:, None, :] & lower)
+        # END EXERCISE 1
     if attn in ('prefix', 'causal_prefix'):
         in_window = masked & (rank < (window if window and window > 0 else T))
         visible_k = (~masked | in_window)[:, None, :]
@@ -133,10 +135,12 @@ class KVCache:
         return torch.cat([self.k[i], k], 2), torch.cat([self.v[i], v], 2)
 
     def commit(self, n):
+        # EXERCISE 5: keep the first n new keys/values of every layer
         for i, (k, v) in enumerate(self.new):
             k, v = k[:, :, :n], v[:, :, :n]
             self.k[i] = k if self.k[i] is None else torch.cat([self.k[i], k], 2)
             self.v[i] = v if self.v[i] is None else torch.cat([self.v[i], v], 2)
+        # END EXERCISE 5
 
     def __len__(self):
         return 0 if self.k[0] is None else self.k[0].shape[2]

@@ -10,6 +10,7 @@ reproduce.py: the paper's three findings, measured here, by one command.
     python reproduce.py --scale=gpu --seeds=0          # 9x9 Sudoku + path-star, paper-scale model, one GPU
     python reproduce.py --scale=smoke                  # seconds; what the test suite runs
     python reproduce.py --sweep_latent=0,1,2,4,all --ckpt=out/mdlm/ckpt.pt --ref_ckpts=out/mdm/ckpt.pt,out/sidm/ckpt.pt
+    python reproduce.py --sweep_threshold=0,0.5,0.9,0.99 --ckpt=out/mdm/ckpt.pt   # passes vs accuracy
     python reproduce.py --bench_cache --ckpt=out/ar/ckpt.pt     # cached vs uncached decoding, one run
 
 Writes <out>/models.csv (accuracy per task, model, seed and decoding), <out>/sweep_latent_seed*.csv
@@ -25,7 +26,8 @@ it lets even an independent model steer around the hard cells, so it flatters SI
 import dataclasses, json, os, platform, sys, time
 import torch
 from sample import DECODERS, evaluate
-from tasks import get_task, load_splits
+from data import load_splits
+from tasks import get_task
 from train_ar_mtp import ARConfig, objective
 from train_mdlm import TrainConfig, train
 from utils import load_checkpoint, parse_settings, pick_device
@@ -38,14 +40,13 @@ DIFFUSION_MODELS = {'MDM': 'full', 'SIDM': 'independent', 'SCDM': 'semi_causal'}
 # The two commit orders; 'top_prob' picks the most confident of N_CANDIDATES random masked cells.
 N_CANDIDATES = 8
 ORDERS = {'random': dict(order='random'), 'top_prob': dict(order='top_prob', n_candidates=N_CANDIDATES)}
-TINY = dict(n_train=500, n_val=16, n_test=32, n_layer=1, n_head=2, n_embd=32, batch_size=32, max_iters=20,
-            eval_interval=20, eval_iters=1, eval_n=8, dtype='float32')
+SMOKE = dict(preset='tiny_test', n_train=500, n_val=16, n_test=32, max_iters=20, eval_interval=20, eval_n=8)
 SCALES = {
     # diffusion: settings of the three sudoku models (C1, C2); ar: settings of the C3 models;
     # ar_models: which C3 models run; n_test: test puzzles per evaluation; ks: the latent sweep;
     # windows: extra AR+MTP models, one trained per latent window W (a window is fixed in training).
-    'smoke': dict(diffusion=dict(task_options=dict(size=4, givens=6), **TINY),
-                  ar=dict(task='path_star', task_options=dict(degree=2, arm_length=3, n_nodes=12), **TINY),
+    'smoke': dict(diffusion=SMOKE,
+                  ar=dict(SMOKE, task='path_star', task_options=dict(degree=2, arm_length=3, n_nodes=12)),
                   ar_models='AR,AR+MTP,AR-NTP,AR+MTP causal prefix', n_test=32, ks='0,1,all', windows='2'),
     # cpu: 2 cores. Training is compute-bound there (bf16 autocast and torch.compile were no faster),
     # so the budget is set by the number of tokens. C3 runs on 6x6 Sudoku with the puzzle as a prompt.
@@ -83,6 +84,7 @@ class ReproduceConfig:
     # one sweep or benchmark on existing checkpoints instead of the whole reproduction
     ckpt: str = ''
     sweep_latent: str = ''     # e.g. 0,1,2,4,8,all: the dial of a semi_causal checkpoint
+    sweep_threshold: str = ''  # e.g. 0,0.5,0.9,0.99: parallel decoding, passes vs accuracy
     ref_ckpts: str = ''        # MDM / SIDM checkpoints decoded by the same rule as reference rows
     bench_cache: bool = False  # cached vs uncached decoding of --ckpt, in one run
     n: int = 500               # test puzzles for --sweep_latent / --bench_cache
@@ -145,6 +147,34 @@ def plot_dial(rows, path, title=''):
     print(f'wrote {path}')
 
 
+def sweep_threshold(model, ckpt, taus, n_test, prefix, device):
+    """Threshold decoding: each pass also commits every candidate at least tau confident. Writes
+    <prefix>.csv/.png: accuracy against forward passes per puzzle; tau = 0 is one token per pass."""
+    task, examples = test_puzzles(ckpt, n_test)
+    rows = []
+    for tau in taus.split(','):
+        r = evaluate(model, task, examples, ckpt['attn'], dict(ckpt['decoder'], threshold=float(tau)), device=device)
+        rows.append(dict(threshold=float(tau), **{c: r[c] for c in COST_COLUMNS}))
+        print(f'threshold {tau:>5}: accuracy {r["accuracy"]:.1%}, {r["nfe_per_sample"]:.1f} passes/puzzle '
+              f'({rows[0]["nfe_per_sample"] / r["nfe_per_sample"]:.2f}x fewer than tau={rows[0]["threshold"]:g})')
+    with open(prefix + '.csv', 'w') as f:
+        f.write(','.join(('threshold',) + COST_COLUMNS) + '\n')
+        for r in rows:
+            f.write(','.join(str(r[c]) for c in ('threshold',) + COST_COLUMNS) + '\n')
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot([r['nfe_per_sample'] for r in rows], [100 * r['accuracy'] for r in rows], 'o-')
+    for r in rows:
+        ax.annotate(f'{r["threshold"]:g}', (r['nfe_per_sample'], 100 * r['accuracy']), fontsize=7,
+                    textcoords='offset points', xytext=(3, 3))
+    ax.set_xlabel('forward passes per puzzle'); ax.set_ylabel('puzzles solved (%)'); ax.grid(alpha=0.3)
+    ax.set_title(f'threshold decoding, {ckpt["attn"]} model, {len(examples)} puzzles', fontsize=9)
+    fig.tight_layout(); fig.savefig(prefix + '.png', dpi=110); plt.close(fig)
+    print(f'wrote {prefix}.csv and {prefix}.png')
+    return rows
+
+
 def bench_cache(model, ckpt, n, device):
     """Cached vs uncached decoding of one AR / AR+MTP checkpoint in one run: a ratio, not a time."""
     task, examples = test_puzzles(ckpt, n)
@@ -165,10 +195,15 @@ def main(argv):
     if cfg.table:
         return print(write_table(cfg.out))
     device = pick_device(cfg.device)
-    if cfg.sweep_latent or cfg.bench_cache:
+    if cfg.sweep_latent or cfg.sweep_threshold or cfg.bench_cache:
         model, ckpt = load_checkpoint(cfg.ckpt, device)
         if cfg.bench_cache:
             return bench_cache(model, ckpt, cfg.n, device)
+        if cfg.sweep_threshold:
+            if ckpt['decoder']['method'] not in ('mdm', 'latent'):
+                raise SystemExit(f'error: --sweep_threshold needs a diffusion checkpoint; {cfg.ckpt} is {ckpt["attn"]!r}')
+            return sweep_threshold(model, ckpt, cfg.sweep_threshold, cfg.n,
+                                   os.path.join(os.path.dirname(cfg.ckpt), 'sweep_threshold'), device)
         if ckpt['attn'] != 'semi_causal':
             raise SystemExit(f'error: --sweep_latent needs a semi_causal checkpoint; {cfg.ckpt} is {ckpt["attn"]!r}')
         refs = [load_checkpoint(p, device) for p in filter(None, cfg.ref_ckpts.split(','))]

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from model import KVCache, attention_mask
-from tasks import MASK, SEP, TaskFormatError, get_task, load_splits, read_examples, write_examples
+from data import TaskFormatError, load_splits, read_examples, write_examples
+from tasks import MASK, SEP, get_task
 from utils import autocast, load_checkpoint, parse_settings, pick_device
 
 
@@ -74,10 +75,12 @@ def random_subset(allowed, m, gen):
 def commit_rule(probs, candidates, order, tokens_per_step, threshold, gen):
     """Which candidates to commit this pass: the `tokens_per_step` best by `order`, plus, with a
     threshold, every candidate whose top probability is at least it (Fast-dLLM's rule)."""
+    # EXERCISE 7: the best tokens_per_step candidates, plus every candidate at least threshold sure
     commit = pick_top(score(probs, order, gen), candidates, tokens_per_step)
     if threshold > 0:
         commit |= candidates & (probs.amax(-1) >= threshold)
     return commit
+    # END EXERCISE 7
 
 
 @torch.no_grad()
@@ -135,10 +138,12 @@ def decode_latent(model, x, n_latent=0, order='random', tokens_per_step=1, n_can
         k = (remaining - n_front).clamp(min=0) if k_all else torch.full_like(remaining, int(n_latent))
         front = masked & (slot < n_front)
         latent = masked & (slot >= n_front) & (slot < n_front + k[:, None])
+        # EXERCISE 3: trim the pass to clean + L + D. idx [B, T'] the kept positions of each row,
+        # padded to the longest row; valid [B, T'] False on the padding
         keep = ~masked | front | latent
-        # trim: move kept positions to the front of each row (stable), cut to the longest row
         idx = (~keep).to(torch.int8).argsort(dim=1, stable=True)[:, :int(keep.sum(1).max())]
-        valid = torch.gather(keep, 1, idx)                # False: padding of a shorter row
+        valid = torch.gather(keep, 1, idx)
+        # END EXERCISE 3
         x_sub = torch.gather(x, 1, idx)
         masked_sub = torch.gather(masked, 1, idx) & valid
         rank_sub = torch.gather(torch.where(latent, torch.rand(B, T, generator=gen, device=dev),

@@ -10,24 +10,79 @@ fixed-length token sequence
 
 and (4) the task's standard text file format. Models only ever fill the answer positions;
 the prompt stays clean. Five tasks: sudoku, sudoku_gen, countdown, zebra, path_star.
-
-CLI (same flags for every task where they make sense):
-    python tasks.py --task=sudoku --size=9 --givens=30 --n=1000 --seed=0 --out=puzzles.txt
-    python tasks.py --task=sudoku --check=answers.txt     # last line: one JSON object
-    python tasks.py --task=zebra --show --n=1
-    python tasks.py --bench
+Files, splits and the command line are in data.py.
 """
-import csv, hashlib, inspect, itertools, json, math, os, re, sys, time
-from multiprocessing import get_context
+import inspect, json, math, re
 import numpy as np
 
 PAD, MASK, SEP = 0, 1, 2          # special token ids shared by every task
 SPECIALS = ['<pad>', '<mask>', '<sep>']
-DATA_VERSION = 1                  # bump when a generator changes, so stale caches are ignored
 
 
-class TaskFormatError(ValueError):
-    """A malformed input line; the message names the file and the line number."""
+# ----------------------------------------------------------------------------------------------
+# The task interface. A task holds its options; examples are (problem, answer) strings.
+
+class Task:
+    name = ''
+    split_answer = re.compile(r'.')           # how problem/answer strings split into tokens
+
+    def tokenize(self, s):
+        return self.split_answer.findall(s)
+
+    def setup(self, symbols, prompt_len, answer_len):
+        self.vocab = SPECIALS + list(symbols)
+        self.stoi = {s: i for i, s in enumerate(self.vocab)}
+        self.prompt_len, self.answer_len = prompt_len, answer_len
+        self.seq_len = prompt_len + 1 + answer_len
+
+    def config(self):
+        """Everything needed to rebuild this task (stored in checkpoints)."""
+        return dict(name=self.name, **self.options)
+
+    def encode(self, problem, answer=None):
+        """-> (ids int64 [seq_len], answer_mask bool [seq_len]). Without an answer, the answer
+        positions are MASK (what a sampler starts from)."""
+        p, a = self.tokenize(problem), self.tokenize(answer) if answer is not None else []
+        if len(p) > self.prompt_len or len(a) > self.answer_len:
+            raise ValueError(f'{self.name}: example longer than the task allows: {problem!r}')
+        ids = np.full(self.seq_len, PAD, np.int64)
+        ids[:len(p)] = [self.stoi[t] for t in p]
+        ids[self.prompt_len] = SEP
+        if answer is None:
+            ids[self.prompt_len + 1:] = MASK
+        else:
+            ids[self.prompt_len + 1:self.prompt_len + 1 + len(a)] = [self.stoi[t] for t in a]
+        answer_mask = np.zeros(self.seq_len, bool)
+        answer_mask[self.prompt_len + 1:] = True
+        return ids, answer_mask
+
+    def decode_answer(self, ids):
+        """Answer string from a full id sequence (PAD ends it; MASK shows as '?')."""
+        out = []
+        for i in map(int, ids[self.prompt_len + 1:]):
+            if i == PAD: break
+            out.append('?' if i == MASK else self.vocab[i] if i > SEP else '')
+        return ''.join(out)
+
+    def encode_batch(self, examples):
+        pairs = [self.encode(p, a) for p, a in examples]
+        return np.stack([x for x, _ in pairs]), np.stack([m for _, m in pairs])
+
+    # file format: one example per line; subclasses override parse/format where needed
+    def format_line(self, problem, answer=None):
+        return problem if answer is None else f'{problem}={answer}'
+
+    def parse_line(self, line):
+        """-> (problem, answer or None). Raises ValueError with a short reason."""
+        problem, _, answer = line.partition('=')
+        self.check_problem(problem)
+        return problem, (answer or None)
+
+    def check_problem(self, problem):
+        pass
+
+    def show(self, problem, answer=None):
+        return f'problem: {problem}\nanswer:  {answer}'
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,16 +149,11 @@ def sudoku_solve(grid, n, limit=2, rng=None):
         grid[best] = 0
         return False
 
-    search()
-    return sols
+    search(); return sols
 
 def sudoku_conflicts(grid, n):
     """True if two equal non-zero digits share a row, column or box."""
-    units, _ = sudoku_units(n)
-    for u in units:
-        vals = [grid[i] for i in u if grid[i]]
-        if len(vals) != len(set(vals)): return True
-    return False
+    return any(len(v) != len(set(v)) for v in ([grid[i] for i in u if grid[i]] for u in sudoku_units(n)[0]))
 
 def sudoku_random_grids(n, count, rng):
     """Random complete grids: one randomised backtracking fill per 16 grids, each copy then
@@ -153,76 +203,6 @@ def sudoku_make_puzzles(grids, givens, rng):
     return np.where(given, grids, 0), given.sum(1) == givens
 
 
-# ----------------------------------------------------------------------------------------------
-# The task interface. A task holds its options; examples are (problem, answer) strings.
-
-class Task:
-    name = ''
-    split_answer = re.compile(r'.')           # how problem/answer strings split into tokens
-
-    def tokenize(self, s):
-        return self.split_answer.findall(s)
-
-    def setup(self, symbols, prompt_len, answer_len):
-        self.vocab = SPECIALS + list(symbols)
-        self.stoi = {s: i for i, s in enumerate(self.vocab)}
-        self.prompt_len, self.answer_len = prompt_len, answer_len
-        self.seq_len = prompt_len + 1 + answer_len
-
-    def config(self):
-        """Everything needed to rebuild this task (stored in checkpoints)."""
-        return dict(name=self.name, **self.options)
-
-    def encode(self, problem, answer=None):
-        """-> (ids int64 [seq_len], answer_mask bool [seq_len]). Without an answer, the answer
-        positions are MASK (what a sampler starts from)."""
-        p, a = self.tokenize(problem), self.tokenize(answer) if answer is not None else []
-        if len(p) > self.prompt_len or len(a) > self.answer_len:
-            raise ValueError(f'{self.name}: example longer than the task allows: {problem!r}')
-        ids = np.full(self.seq_len, PAD, np.int64)
-        ids[:len(p)] = [self.stoi[t] for t in p]
-        ids[self.prompt_len] = SEP
-        if answer is None:
-            ids[self.prompt_len + 1:] = MASK
-        else:
-            ids[self.prompt_len + 1:self.prompt_len + 1 + len(a)] = [self.stoi[t] for t in a]
-        answer_mask = np.zeros(self.seq_len, bool)
-        answer_mask[self.prompt_len + 1:] = True
-        return ids, answer_mask
-
-    def decode_answer(self, ids):
-        """Answer string from a full id sequence (PAD ends it; MASK shows as '?')."""
-        out = []
-        for i in ids[self.prompt_len + 1:]:
-            i = int(i)
-            if i == PAD: break
-            out.append('?' if i == MASK else self.vocab[i] if i > SEP else '')
-        return self.join(out)
-
-    def join(self, tokens):
-        return ''.join(tokens)
-
-    def encode_batch(self, examples):
-        pairs = [self.encode(p, a) for p, a in examples]
-        return np.stack([x for x, _ in pairs]), np.stack([m for _, m in pairs])
-
-    # file format: one example per line; subclasses override parse/format where needed
-    def format_line(self, problem, answer=None):
-        return problem if answer is None else f'{problem}={answer}'
-
-    def parse_line(self, line):
-        """-> (problem, answer or None). Raises ValueError with a short reason."""
-        problem, _, answer = line.partition('=')
-        self.check_problem(problem)
-        return problem, (answer or None)
-
-    def check_problem(self, problem):
-        pass
-
-    def show(self, problem, answer=None):
-        return f'problem: {problem}\nanswer:  {answer}'
-
-
 class Sudoku(Task):
     name = 'sudoku'
 
@@ -263,11 +243,13 @@ class Sudoku(Task):
         n = self.n
         if answer is None or len(answer) != n * n or not all(c in '123456789'[:n] for c in answer):
             return False
+        # EXERCISE 6: a Sudoku verifier that accepts any valid answer
         grid = [int(c) for c in answer]
         if any(p != '.' and p != a for p, a in zip(problem, answer)):
             return False                                   # givens must be kept
         units, _ = sudoku_units(n)
         return all(len({grid[i] for i in u}) == n for u in units)
+        # END EXERCISE 6
 
     def check_problem(self, problem):
         n = self.n
@@ -279,9 +261,7 @@ class Sudoku(Task):
         if sudoku_conflicts([0 if c == '.' else int(c) for c in problem], n):
             raise ValueError('the givens already conflict (same digit twice in a row, column or box)')
 
-    def parse_line(self, line):
-        # standard format: puzzle[,solution] with '.' or '0' for blanks; text after whitespace
-        # is a comment
+    def parse_line(self, line):     # puzzle[,solution], '.' or '0' blanks; after whitespace: a comment
         fields = line.split()[0].split(',') if line.split() else ['']
         if len(fields) > 2:
             raise ValueError('expected "puzzle" or "puzzle,solution"')
@@ -329,8 +309,7 @@ class SudokuGen(Sudoku):
         return super().verify('.' * self.n ** 2, answer)
 
     def check_problem(self, problem):
-        if problem:
-            raise ValueError('sudoku_gen has no prompt')
+        if problem: raise ValueError('sudoku_gen has no prompt')
 
     def parse_line(self, line):
         grid = line.split()[0] if line.split() else ''
@@ -505,7 +484,6 @@ class Zebra(Task):
             return True
 
         found = [0]
-
         def search(dom):
             if not revise(dom): return False
             open_ = [e for e in dom if dom[e] & (dom[e] - 1)]
@@ -570,19 +548,17 @@ class Zebra(Task):
             m = re.fullmatch(r'([SXLNB])(\d\.\d(?:,\d\.\d)+)|A(\d)\.(\d),(\d)', part)
             if not m: raise ValueError(f'clue does not parse: {part!r}')
             if m[1]:
-                args = tuple(tuple(int(x) for x in e.split('.')) for e in m[2].split(','))
-                if len(args) != (3 if m[1] == 'B' else 2): raise ValueError(f'wrong arity: {part!r}')
-                clues.append((m[1], args))
+                ents = tuple(tuple(int(x) for x in e.split('.')) for e in m[2].split(','))
+                if len(ents) != (3 if m[1] == 'B' else 2): raise ValueError(f'wrong arity: {part!r}')
+                clues.append((m[1], ents))
             else:
-                args = ((int(m[3]), int(m[4])), int(m[5]))
-                clues.append(('A', args))
-            ents = clues[-1][1] if m[1] else clues[-1][1][:1]
+                ents = ((int(m[3]), int(m[4])),)
+                clues.append(('A', (ents[0], int(m[5]))))
             if any(a >= self.m or v >= self.n for a, v in ents):
                 raise ValueError(f'entity out of range in {part!r}')
         return clues
 
-    def check_problem(self, problem):
-        self.parse_clues(problem)
+    check_problem = parse_clues
 
     def verify(self, problem, answer):
         if not answer: return False
@@ -601,8 +577,10 @@ class Zebra(Task):
 
 
 class PathStar(Task):
-    """Path-star graphs: a source with `degree` arms of `arm_length` nodes each, node labels drawn
-    from 0..n_nodes-1. Input: the shuffled directed edge list, then source and goal (the last
+    """Path-star graphs (Bachmann and Nagarajan, 2024): a source with `degree` arms of `arm_length`
+    nodes each, node labels drawn from 0..n_nodes-1. `arm_length` counts the nodes *after* the
+    source; their files name a graph by its path length *including* the source, so their
+    "path length 5" is arm_length=4 here. Input: the shuffled directed edge list, then source and goal (the last
     node of one arm). Answer: the path source,...,goal. Line format a,b|c,d|.../source,goal=path."""
     name = 'path_star'
     split_answer = re.compile(r'\d+|.')
@@ -670,160 +648,3 @@ def get_task(name, **options):
     if bad:
         raise ValueError(f'task {name} has no option(s) {bad}; valid: {valid}')
     return TASKS[name](**options)
-
-
-# ----------------------------------------------------------------------------------------------
-# Files
-
-def read_examples(task, path, skip_bad=False):
-    """Read a file in the task's format -> list of (problem, answer or None).
-    A bad line raises TaskFormatError('path:line: reason'); with skip_bad=True bad lines are
-    skipped and returned as a list of messages: (examples, errors)."""
-    examples, errors = [], []
-    with open(path, newline='') as f:
-        lines = list(f)
-    header = lines[0].strip().lower().split(',') if lines else []
-    is_csv = task.name.startswith('sudoku') and any('puzzle' in h or 'quiz' in h for h in header)
-    if is_csv:                                 # CSV with a header: puzzle(s)/quizzes + solution(s)
-        reader = csv.DictReader(lines)
-        pcol = next(h for h in reader.fieldnames if 'puzzle' in h.lower() or 'quiz' in h.lower())
-        scol = next((h for h in reader.fieldnames if 'solution' in h.lower()), None)
-        rows = ((i + 2, row[pcol] + (',' + row[scol] if scol and row.get(scol) else '')) for i, row in enumerate(reader))
-    else:
-        rows = ((i + 1, line) for i, line in enumerate(lines))
-    for lineno, line in rows:
-        line = line.strip()
-        if not line or line.startswith('#'): continue
-        try:
-            examples.append(task.parse_line(line))
-        except (ValueError, KeyError, TypeError) as e:
-            msg = f'{path}:{lineno}: {e}'
-            if not skip_bad: raise TaskFormatError(msg) from None
-            errors.append(msg)
-    return (examples, errors) if skip_bad else examples
-
-def write_examples(task, path, examples):
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        for problem, answer in examples:
-            f.write(task.format_line(problem, answer) + '\n')
-    os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------------------------
-# Generation, splits and the on-disk cache
-
-def _generate_chunk(args):
-    config, seed, chunk, count, split = args
-    task = get_task(**config)
-    rng = np.random.default_rng([seed, chunk])        # same seed -> same data on any machine
-    if task.name == 'countdown':
-        return task.generate(count, rng, split=split)
-    return task.generate(count, rng)
-
-def generate(task, count, seed=0, split='train', workers=None, chunk_size=512):
-    """`count` examples, deterministic for (task options, seed, split) whatever the worker count:
-    chunk k always uses rng seeded with (seed, split, k)."""
-    split_id = {'train': 0, 'val': 1, 'test': 2}[split]
-    jobs = [(task.config(), seed * 3 + split_id, k, min(chunk_size, count - k * chunk_size), split)
-            for k in range(math.ceil(count / chunk_size))]
-    if workers is None:          # small requests are faster in-process than starting workers
-        workers = os.cpu_count() if len(jobs) > 4 else 1
-    workers = min(workers, len(jobs))
-    if workers > 1:              # 'spawn': forking a process that already runs torch threads can hang
-        with get_context('spawn').Pool(workers) as pool:
-            chunks = pool.map(_generate_chunk, jobs)
-    else:
-        chunks = [_generate_chunk(j) for j in jobs]
-    return [ex for c in chunks for ex in c]
-
-def make_splits(task, n_train, n_val, n_test, seed=0):
-    """Train/val/test disjoint *by content*: duplicates are dropped and no problem appears in
-    two splits (evaluation splits are generated first and win)."""
-    seen, splits = set(), {}
-    for split, n in (('test', n_test), ('val', n_val), ('train', n_train)):
-        out, extra = [], 0
-        while len(out) < n:
-            for ex in generate(task, n - len(out) + extra, seed + 1000 * extra, split):
-                key = ex[0] or ex[1]                        # the problem (the grid for sudoku_gen)
-                if key not in seen and len(out) < n:
-                    seen.add(key); out.append(ex)
-            extra += 1
-            if extra > 50:
-                raise RuntimeError(f'could not find {n} distinct {task.name} examples; the task is too small')
-        splits[split] = out
-    return splits
-
-def load_splits(task, n_train, n_val, n_test, seed=0, data_dir='data'):
-    """make_splits with an on-disk cache keyed by task options, sizes and seed."""
-    key = json.dumps(dict(task=task.config(), sizes=[n_train, n_val, n_test], seed=seed, v=DATA_VERSION), sort_keys=True)
-    path = os.path.join(data_dir, f'{task.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json')
-    if os.path.exists(path):
-        with open(path) as f:
-            return {k: [tuple(ex) for ex in v] for k, v in json.load(f)['splits'].items()}
-    splits = make_splits(task, n_train, n_val, n_test, seed)
-    os.makedirs(data_dir, exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
-        json.dump(dict(key=json.loads(key), splits=splits), f)
-    os.replace(path + '.tmp', path)
-    return splits
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-
-def parse_value(v):
-    for cast in (int, float):
-        try: return cast(v)
-        except ValueError: pass
-    return {'true': True, 'false': False}.get(v.lower(), v)
-
-def main(argv):
-    args = {'task': 'sudoku', 'n': 10, 'seed': 0}
-    flags = {'task', 'n', 'seed', 'out', 'check', 'show', 'bench', 'skip_bad', 'split'}
-    options = {}
-    for a in argv:
-        if not a.startswith('--'):
-            sys.exit(f'error: unexpected argument {a!r} (use --key=value)')
-        k, eq, v = a[2:].partition('=')
-        (args if k in flags else options)[k] = parse_value(v) if eq else True
-    if args.get('bench'):
-        return bench()
-    try:
-        task = get_task(args['task'], **options)
-    except (ValueError, TypeError) as e:
-        sys.exit(f'error: {e}')
-    if args.get('check'):
-        try:
-            result = read_examples(task, args['check'], skip_bad=bool(args.get('skip_bad')))
-        except (TaskFormatError, OSError) as e:
-            sys.exit(f'error: {e}')
-        examples, errors = result if args.get('skip_bad') else (result, [])
-        for e in errors: print('skipped', e)
-        valid = sum(task.verify(p, a) for p, a in examples)
-        print(f'{valid} of {len(examples)} answers valid')
-        print(json.dumps({'task': task.name, 'n': len(examples), 'valid': valid, 'skipped': len(errors)}))
-        return
-    examples = generate(task, args['n'], args['seed'], args.get('split', 'train'))
-    if args.get('show'):
-        for p, a in examples: print(task.show(p, a), end='\n\n')
-    if args.get('out'):
-        write_examples(task, args['out'], examples)
-        print(f'wrote {len(examples)} {task.name} examples to {args["out"]}')
-    elif not args.get('show'):
-        for p, a in examples: print(task.format_line(p, a))
-
-def bench():
-    """Examples per second for each task (all cores, deterministic chunks)."""
-    for name, options, n in [('sudoku', dict(size=9, givens=30), 4096), ('sudoku', dict(size=6, givens=14), 4096),
-                             ('sudoku_gen', dict(size=9), 4096), ('countdown', {}, 4096),
-                             ('zebra', dict(houses=4, attributes=4), 256), ('zebra', dict(houses=6, attributes=6), 16),
-                             ('path_star', {}, 4096)]:
-        task = get_task(name, **options)
-        t = time.time()
-        generate(task, n, seed=123)
-        dt = time.time() - t
-        print(f'{name:10s} {json.dumps(options):32s} {n / dt:10.0f} examples/s  ({n} in {dt:.1f}s, {os.cpu_count()} cores)')
-
-if __name__ == '__main__':
-    main(sys.argv[1:])

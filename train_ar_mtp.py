@@ -41,30 +41,36 @@ class ARConfig(TrainConfig):
 PREFIX_ATTN = {'full': 'prefix', 'causal': 'causal_prefix'}     # --prefix -> attention structure
 
 
-def ar_loss(model, ids, answer_mask, cfg, gen):
+def ar_loss(model, ids, answer_mask, cfg, gen, rows=slice(None)):
     """Plain AR: logits at position p predict token p+1; loss on answer tokens only."""
+    ids, answer_mask = ids[rows], answer_mask[rows]
     _, ce = model(ids[:, :-1], is_causal=True, targets=ids[:, 1:])
     target_mask = answer_mask[:, 1:]
     loss = (ce * target_mask).sum() / target_mask.sum()
     return loss, loss
 
 
-def mtp_loss(model, ids, answer_mask, cfg, gen):
+def mtp_loss(model, ids, answer_mask, cfg, gen, rows=slice(None)):
     """AR+MTP: mask everything from a random cut c in the answer on; predict the first W masked
     positions jointly (rank = distance from the cut). Every example weighs the same: its loss is
     the mean cross-entropy over its own loss positions (as in the authors' code), so examples cut
-    early (many positions) do not drown the next-token term of those cut late."""
+    early (many positions) do not drown the next-token term of those cut late. As in
+    diffusion_loss, cuts are drawn for the whole batch and only `rows` are computed."""
     B, T = ids.shape
+    u = torch.rand(B, 1, generator=gen, device=ids.device)[rows]
+    ids, answer_mask = ids[rows], answer_mask[rows]
     first = answer_mask.float().argmax(1, keepdim=True)                  # first answer position
     n_answer = answer_mask.sum(1, keepdim=True)
-    cut = first + (torch.rand(B, 1, generator=gen, device=ids.device) * n_answer).long()
+    cut = first + (u * n_answer).long()
     rank = (torch.arange(T, device=ids.device)[None] - cut).float()             # 0 at the cut
     masked = answer_mask & (rank >= 0)
     W = T if cfg.mtp_window < 0 else cfg.mtp_window
     attn_mask = attention_mask(PREFIX_ATTN[cfg.prefix], masked, rank, W)
     _, ce = model(ids.masked_fill(masked, MASK), attn_mask=attn_mask, targets=ids)
+    # EXERCISE 4: which positions are in the loss, and the per-example mean
     in_loss = masked & (rank < (1 if cfg.ntp_only else W))
     loss = ((ce * in_loss).sum(1) / in_loss.sum(1).clamp(min=1)).mean()
+    # END EXERCISE 4
     return loss, loss
 
 

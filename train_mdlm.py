@@ -11,15 +11,19 @@ this loop with its own loss.
     python train_mdlm.py --attn=full --out_dir=out/mdm
     python train_mdlm.py presets/sudoku9_gpu.json          # paper scale, one GPU
     python train_mdlm.py --resume                          # continue out_dir/ckpt.pt
-    python train_mdlm.py --bench                           # training tokens/s per structure
+    python train_mdlm.py --bench                           # training tokens/s against a plain GPT
+    torchrun --standalone --nproc_per_node=2 train_mdlm.py # data-parallel, one process per device
 """
 import copy, dataclasses, math, os, sys, time
 from dataclasses import dataclass, field
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 from model import ATTNS, ModelConfig, Transformer, attention_mask
 from sample import default_decoder, evaluate
-from tasks import MASK, TASKS, get_task, load_splits, task_options
+from data import load_splits
+from tasks import MASK, TASKS, get_task, task_options
 from utils import autocast, load_checkpoint, parse_settings, parse_value, resolve_system, save_checkpoint
 
 
@@ -60,8 +64,9 @@ class TrainConfig:
     eval_n: int = 200                 # validation puzzles decoded for solve accuracy
     out_dir: str = 'out/mdlm'
     resume: bool = False
+    grad_accum: int = 1               # batch_size is split into this many steps per process
     # system
-    device: str = 'auto'              # auto | cpu | cuda | mps
+    device: str = 'auto'              # auto | cpu | cuda | mps (under torchrun: one device per process)
     dtype: str = 'auto'               # auto (bf16 where supported) | bfloat16 | float16 | float32
     compile: str = 'auto'             # auto (on for CUDA) | true | false
     seed: int = 0
@@ -96,15 +101,20 @@ def settings(argv, cfg=None, bench=True, refuse=None):
 
 def mdlm_loss(ce, masked, t, answer_mask):
     """The equation above, given per-token cross-entropy ce [B, T], the mask and t [B]."""
+    # EXERCISE 2: the MDLM loss
     return (ce * masked / t[:, None]).sum() / answer_mask.sum()
+    # END EXERCISE 2
 
 
-def diffusion_loss(model, ids, answer_mask, cfg, gen):
+def diffusion_loss(model, ids, answer_mask, cfg, gen, rows=slice(None)):
+    """The noise is drawn for the whole batch, then only `rows` go through the model (a
+    data-parallel rank's or an accumulation step's share): splitting a batch changes nothing."""
     B, T = ids.shape
     u = (torch.rand(1, generator=gen, device=ids.device) + torch.arange(B, device=ids.device) / B) % 1
     t = cfg.eps + (1 - cfg.eps) * u                          # stratified t: lower variance
     masked = answer_mask & (torch.rand(B, T, generator=gen, device=ids.device) < t[:, None])
     rank = torch.rand(B, T, generator=gen, device=ids.device)  # only used by semi_causal
+    ids, answer_mask, masked, rank, t = ids[rows], answer_mask[rows], masked[rows], rank[rows], t[rows]
     x_t = ids.masked_fill(masked, MASK)
     _, ce = model(x_t, attn_mask=attention_mask(cfg.attn, masked, rank), targets=ids)
     loss = mdlm_loss(ce, masked, t, answer_mask)
@@ -124,15 +134,43 @@ def lr_at(it, cfg):
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 
+def setup_ddp(device):
+    """Under torchrun (RANK set): join the process group (nccl on CUDA, gloo on CPU), one device
+    per process, each CPU process with its share of the cores. -> (rank, world size, device)."""
+    if 'RANK' not in os.environ:
+        return 0, 1, device
+    rank, local_rank, world = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
+    if device.startswith('cuda'):
+        device = f'cuda:{local_rank}'
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', world))))
+    if not dist.is_initialized():
+        try:
+            dist.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
+        except (ValueError, RuntimeError) as e:
+            raise SystemExit(f'error: cannot join the process group ({e}); start with torchrun, e.g. '
+                             '`torchrun --standalone --nproc_per_node=2 train_mdlm.py`')
+    return rank, world, device
+
+
 def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
-    """Train, evaluate, checkpoint. loss_fn(model, ids, answer_mask, cfg, gen) -> (loss, ce).
+    """Train, evaluate, checkpoint. loss_fn(model, ids, answer_mask, cfg, gen, rows) -> (loss, ce).
     `attn`/`decoder` say how the model attends and how evaluation decodes it (default: cfg.attn
-    and its row of sample.DECODERS). Returns (final metrics, checkpoint path)."""
+    and its row of sample.DECODERS). Under torchrun, data-parallel: every process draws the same
+    global batch and computes its own rows; rank 0 alone logs, evaluates and saves.
+    Returns (final metrics, checkpoint path)."""
     attn = attn or cfg.attn
     if attn not in ATTNS:
         raise SystemExit(f'error: unknown attn {attn!r}; choose from {ATTNS}')
     decoder = decoder or default_decoder(attn)
     device, dtype, use_compile = resolve_system(cfg.device, cfg.dtype, cfg.compile)
+    rank, world, device = setup_ddp(device)
+    micro = cfg.batch_size // (world * cfg.grad_accum)            # rows per process per accumulation step
+    if cfg.grad_accum < 1 or micro * world * cfg.grad_accum != cfg.batch_size:
+        raise SystemExit(f'error: batch_size {cfg.batch_size} must split evenly over {world} processes x '
+                         f'grad_accum {cfg.grad_accum} (at least one example each)')
+    quiet = quiet or rank != 0
     try:
         task = get_task(cfg.task, **cfg.task_options)
     except ValueError as e:
@@ -173,6 +211,8 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
         torch.set_rng_state(ckpt['rng']['torch'].cpu())
         if device == 'cuda': torch.cuda.set_rng_state(ckpt['rng']['cuda'].cpu())
     step_model = torch.compile(model) if use_compile else model
+    if world > 1:
+        step_model = DDP(step_model, device_ids=[torch.device(device).index] if device.startswith('cuda') else None)
 
     if not quiet:
         print(f'{task.name} {task.options} | {attn} | {model.num_params() / 1e6:.2f}M params | '
@@ -183,11 +223,16 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
     for step in bar:
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups: group['lr'] = lr
-        idx = torch.randint(len(ids), (cfg.batch_size,), generator=gen, device=device)
-        with autocast(device, dtype):
-            loss, ce = loss_fn(step_model, ids[idx], answer_mask[idx], cfg, gen)
+        idx = torch.randint(len(ids), (cfg.batch_size,), generator=gen, device=device)   # the global batch
+        noise = gen.get_state()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for a in range(cfg.grad_accum):                 # this process's rows, in grad_accum pieces
+            gen.set_state(noise)                        # each piece draws the same global noise
+            first = (rank * cfg.grad_accum + a) * micro
+            if world > 1: step_model.require_backward_grad_sync = a == cfg.grad_accum - 1
+            with autocast(device, dtype):
+                loss, ce = loss_fn(step_model, ids[idx], answer_mask[idx], cfg, gen, slice(first, first + micro))
+            (loss / cfg.grad_accum).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         if not torch.isfinite(loss.detach() + grad_norm):   # stop before the bad step touches the weights
             bar.close()
@@ -203,7 +248,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
         if step % 10 == 0:
             bar.set_postfix(loss=f'{loss.item():.4f}', ce=f'{ce.item():.4f}', lr=f'{lr:.1e}',
                             tok_s=f'{tokens / (time.time() - t0):.0f}', val_acc=metrics.get('val_accuracy', '-'))
-        if (step + 1) % cfg.eval_interval != 0 and step + 1 != cfg.max_iters:
+        if rank != 0 or ((step + 1) % cfg.eval_interval != 0 and step + 1 != cfg.max_iters):
             continue
         # evaluate: validation loss on fixed batches, then solve accuracy on eval_n val puzzles
         step += 1                                       # the checkpoint holds the *next* step
@@ -229,47 +274,78 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
             tqdm.write(f'step {step}: val loss {metrics["val_loss"]:.4f}, '
                        f'val solve accuracy {metrics["val_accuracy"]:.1%} ({cfg.eval_n} puzzles)')
     bar.close()
+    if world > 1:
+        dist.barrier()                                  # rank 0 has written the last checkpoint
     return metrics, ckpt_path
 
 
 # ----------------------------------------------------------------------------------------------
-# Benchmark: training tokens/s for each attention structure vs a plain causal model of the same
-# size, in the same run (the generality of the mask builder should cost close to nothing).
+# Benchmark: training tokens/s of our model (each attention structure) against a plain GPT of the
+# same width, depth, heads, batch and sequence, in the same run: a ratio, not a time.
 
-def bench(cfg, iters=20):
+class PlainGPT(torch.nn.Module):
+    """nanoGPT's GPT, the baseline: learned absolute positions, LayerNorm, causal attention,
+    GELU MLP, tied embeddings, no biases. Used only by the benchmark."""
+    def __init__(self, V, T, n_layer, n_head, d):
+        super().__init__()
+        nn = torch.nn
+        self.n_head, self.wte, self.wpe = n_head, nn.Embedding(V, d), nn.Embedding(T, d)
+        self.blocks = nn.ModuleList(nn.ModuleDict(dict(
+            ln1=nn.LayerNorm(d, bias=False), qkv=nn.Linear(d, 3 * d, bias=False), proj=nn.Linear(d, d, bias=False),
+            ln2=nn.LayerNorm(d, bias=False), fc=nn.Linear(d, 4 * d, bias=False), out=nn.Linear(4 * d, d, bias=False)))
+            for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(d, bias=False)
+
+    def forward(self, idx, targets):
+        B, T = idx.shape
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        for b in self.blocks:
+            q, k, v = b.qkv(b.ln1(x)).view(B, T, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + b.proj(y.transpose(1, 2).reshape(B, T, -1))
+            x = x + b.out(torch.nn.functional.gelu(b.fc(b.ln2(x))))
+        logits = self.ln_f(x) @ self.wte.weight.T
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+def bench(cfg, iters=20, rounds=3):
+    """Tokens/s per training step: plain GPT, then ours with causal attention and with each
+    diffusion structure. Interleaved rounds; the best round of each counts (least disturbed)."""
     device, dtype, use_compile = resolve_system(cfg.device, cfg.dtype, cfg.compile)
     task = get_task(cfg.task, **cfg.task_options)
-    T, B = task.seq_len, cfg.batch_size
-    model = Transformer(ModelConfig(len(task.vocab), T, cfg.n_layer, cfg.n_head, cfg.n_embd)).to(device)
-    step_model = torch.compile(model) if use_compile else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ids = torch.randint(3, len(task.vocab), (B, T), device=device)
+    T, B, V = task.seq_len, cfg.batch_size, len(task.vocab)
+    torch.manual_seed(0)
+    ours = Transformer(ModelConfig(V, T, cfg.n_layer, cfg.n_head, cfg.n_embd)).to(device)
+    gpt = PlainGPT(V, T, cfg.n_layer, cfg.n_head, cfg.n_embd).to(device)
+    ids = torch.randint(3, V, (B, T), device=device)
     answer = torch.zeros(B, T, dtype=torch.bool, device=device); answer[:, task.prompt_len + 1:] = True
     gen = torch.Generator(device=device).manual_seed(0)
-    results = {}
-
-    def causal_loss(m, ids, answer_mask, cfg, gen):
-        _, ce = m(ids, is_causal=True, targets=ids.roll(-1, 1))
-        return ce.mean(), ce.mean()
-
-    for name in ['causal', 'full', 'independent', 'semi_causal', 'causal', 'full', 'independent', 'semi_causal']:
-        c = dataclasses.replace(cfg, attn=name)
-        fn = causal_loss if name == 'causal' else diffusion_loss
-        for i in range(iters + 3):
-            if i == 3:
-                if device == 'cuda': torch.cuda.synchronize()
-                t = time.time()
-            with autocast(device, dtype):
-                loss, _ = fn(step_model, ids, answer, c, gen)
-            opt.zero_grad(); loss.backward(); opt.step()
-        if device == 'cuda': torch.cuda.synchronize()
-        results[name] = B * T * iters / (time.time() - t)     # second round overwrites the warm-up round
-    print(f'{task.name} {task.options}, {model.num_params() / 1e6:.2f}M params, batch {B} x {T} tokens, '
-          f'{device} {dtype} compile={use_compile}')
-    for name, tps in results.items():
-        mfu = f', MFU {model.estimate_mfu(tps, T):.1%}' if device == 'cuda' else ''
-        print(f'  {name:12s} {tps:10.0f} tokens/s  ({tps / results["causal"]:.2f}x causal{mfu})')
-    return results
+    runs = {'plain GPT (causal)': (gpt, lambda m: m(ids, ids.roll(-1, 1))),
+            'ours, causal': (ours, lambda m: m(ids, is_causal=True, targets=ids.roll(-1, 1))[1].mean())}
+    for attn in DIFFUSION_ATTNS:
+        runs[f'ours, {attn}'] = (ours, lambda m, c=dataclasses.replace(cfg, attn=attn): diffusion_loss(m, ids, answer, c, gen)[0])
+    compiled = {id(m): torch.compile(m) if use_compile else m for m in (ours, gpt)}
+    opts = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-4) for m in (ours, gpt)}
+    best = {}
+    for _ in range(rounds):
+        for name, (m, loss_of) in runs.items():
+            for i in range(iters + 3):
+                if i == 3:
+                    if device == 'cuda': torch.cuda.synchronize()
+                    t = time.time()
+                with autocast(device, dtype):
+                    loss = loss_of(compiled[id(m)])
+                opts[id(m)].zero_grad(); loss.backward(); opts[id(m)].step()
+            if device == 'cuda': torch.cuda.synchronize()
+            best[name] = max(best.get(name, 0), B * T * iters / (time.time() - t))
+    print(f'{task.name} {task.options}: ours {ours.num_params() / 1e6:.2f}M params, plain GPT '
+          f'{sum(p.numel() for p in gpt.parameters()) / 1e6:.2f}M, batch {B} x {T} tokens, {device} {dtype} '
+          f'compile={use_compile}, best of {rounds} rounds of {iters} steps')
+    base = best['plain GPT (causal)']
+    for name, tps in best.items():
+        mfu = f', MFU {ours.estimate_mfu(tps, T):.1%}' if device == 'cuda' else ''
+        print(f'  {name:22s} {tps:10.0f} tokens/s  {tps / base:.2f}x plain GPT{mfu}')
+    return best
 
 
 if __name__ == '__main__':

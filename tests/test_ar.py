@@ -5,7 +5,8 @@ import pytest
 import torch
 from model import KVCache, ModelConfig, Transformer
 from sample import decode_ar, decode_ar_mtp
-from tasks import MASK, generate, get_task
+from data import generate
+from tasks import MASK, get_task
 from train_ar_mtp import ARConfig, ar_loss, mtp_loss, objective
 from train_mdlm import settings, train
 
@@ -19,6 +20,7 @@ def model_and_batch(n=3):
     return model, torch.from_numpy(np.stack([TASK.encode(p)[0] for p, _ in ex]))
 
 
+@pytest.mark.exercise(5)
 def test_kv_cache_logits_match_a_full_causal_pass():
     model, x = model_and_batch()
     x = x.masked_fill(x == MASK, 5)
@@ -30,6 +32,7 @@ def test_kv_cache_logits_match_a_full_causal_pass():
     assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
 
 
+@pytest.mark.exercise(5)
 def test_cached_and_uncached_decoding_agree():
     model, x = model_and_batch()
     a, sa = decode_ar(model, x, use_cache=True)
@@ -64,6 +67,7 @@ class Spy(torch.nn.Module):
         return None, torch.arange(x.shape[1]).float().expand(x.shape)
 
 
+@pytest.mark.exercise(4)
 @pytest.mark.parametrize('window,ntp_only', [(1, False), (3, False), (-1, False), (3, True)])
 def test_mtp_loss_and_window(window, ntp_only):
     _, x = model_and_batch(8)

@@ -46,7 +46,8 @@ def expected(structure, window=None):
     return allow
 
 
-@pytest.mark.parametrize('structure', ['full', 'causal', 'independent', 'semi_causal', 'prefix', 'causal_prefix'])
+@pytest.mark.parametrize('structure', ['full', 'causal', 'independent', pytest.param('semi_causal', marks=pytest.mark.exercise(1)),
+                                       'prefix', 'causal_prefix'])
 def test_each_query_sees_exactly_what_its_structure_allows(structure):
     model = tiny()
     x = torch.randint(3, V, (1, T))
@@ -61,6 +62,7 @@ def test_each_query_sees_exactly_what_its_structure_allows(structure):
     assert torch.equal(seen, allowed), f'{structure}: perturbation influence differs from the rule'
 
 
+@pytest.mark.exercise(1)
 def test_semi_causal_rank_semantics():
     mask = attention_mask('semi_causal', MASKED, RANK)[0]
     masked = torch.nonzero(MASKED[0]).flatten().tolist()

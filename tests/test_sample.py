@@ -4,9 +4,10 @@ import json, math, subprocess, sys
 import numpy as np
 import pytest
 import torch
-from model import ModelConfig, Transformer, attention_mask
+from model import ModelConfig, Transformer
 from sample import decode_latent, decode_mdm, evaluate
-from tasks import MASK, generate, get_task
+from data import generate
+from tasks import MASK, get_task
 from train_mdlm import settings, train
 
 TASK = get_task('sudoku', size=4, givens=6)
@@ -23,9 +24,10 @@ def puzzles(n, seed=0):
     return ex, torch.from_numpy(np.stack([TASK.encode(p)[0] for p, _ in ex]))
 
 
+@pytest.mark.exercise(3)
 @pytest.mark.parametrize('k', [0, 2, 'all'])
 def test_latent_pass_processes_and_commits_exactly_what_it_claims(k):
-    model, (ex, x) = tiny_model(), puzzles(4)
+    model, (_, x) = tiny_model(), puzzles(4)
     trace = []
     out, stats = decode_latent(model, x, n_latent=k, order='random', gen=torch.Generator().manual_seed(0), trace=trace)
     T, M = x.shape[1], int((x[0] == MASK).sum())                 # 10 blanks in every 4x4 puzzle here
@@ -38,6 +40,7 @@ def test_latent_pass_processes_and_commits_exactly_what_it_claims(k):
     assert (out != MASK).all() and torch.equal(out[x != MASK], x[x != MASK])   # clean never changed
 
 
+@pytest.mark.exercise(3)
 @pytest.mark.parametrize('k,order', [(0, 'random'), (2, 'random'), ('all', 'random'), (2, 'top_prob')])
 def test_sampler_trimmed_passes_equal_full_untrimmed_passes(k, order, monkeypatch):
     """Every pass decode_latent really runs, on clean + L + D only, gives D (or the candidates)
@@ -144,6 +147,7 @@ def test_decoder_defaults_to_the_checkpoint_and_rejects_settings_that_do_not_app
         decoder_for(scdm, SampleConfig(order='uniform'))
 
 
+@pytest.mark.exercise(7)
 @pytest.mark.parametrize('threshold', [0.0, 0.09, 0.9, 1.01])
 def test_threshold_commits_at_least_one_and_at_most_the_masked(threshold):
     """Every pass commits at least one position and never more than are masked; a threshold
@@ -167,9 +171,17 @@ def test_threshold_commits_at_least_one_and_at_most_the_masked(threshold):
         assert passes == [M] * 4                                    # one token per pass
     if threshold == 0.09:      # 11 tokens may be emitted (13 minus MASK, SEP): every top probability >= 1/11
         assert passes == [1] * 4                                    # so everything commits at once
-    out2, stats2 = decode_latent(model, x, n_latent=2, order='top_prob', threshold=threshold,
-                                 gen=torch.Generator().manual_seed(0))
-    assert (out2 != MASK).all() and all(1 <= p <= M for p in stats2['nfe'].tolist())
+
+
+@pytest.mark.parametrize('threshold', [0.09, 0.9])
+def test_latent_sampler_with_a_threshold_finishes(threshold):
+    model, (_, x) = tiny_model(), puzzles(4)
+    M = int((x[0] == MASK).sum())
+    out, stats = decode_latent(model, x, n_latent=2, order='top_prob', threshold=threshold,
+                               gen=torch.Generator().manual_seed(0))
+    assert (out != MASK).all() and all(1 <= p <= M for p in stats['nfe'].tolist())
+    with pytest.raises(ValueError, match='needs a confidence order'):
+        decode_latent(model, x, order='random', threshold=threshold)
 
 
 def test_bad_input_gives_one_clear_error(trained, tmp_path):
@@ -211,3 +223,46 @@ def test_standard_9x9_file_from_elsewhere_gives_a_solve_rate(tmp_path):
     answers = [l.split(',') for l in out.read_text().splitlines()]
     assert [p for p, _ in answers] == [l.split(',')[0].replace('0', '.') for l in lines[1:]]
     assert result['n'] == 12 and result['accuracy'] == sum(TASK9.verify(p, a) for p, a in answers) / 12
+
+
+def test_confidence_scores_by_hand():
+    from sample import score
+    probs = torch.tensor([[[0.7, 0.2, 0.1], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]]], dtype=torch.float64)
+    assert score(probs, 'top_prob', None)[0].tolist() == pytest.approx([0.7, 0.5, 1 / 3])
+    assert score(probs, 'margin', None)[0].tolist() == pytest.approx([0.5, 0.0, 0.0])
+    ent = [0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1), 2 * 0.5 * math.log(0.5), math.log(1 / 3)]
+    assert score(probs, 'entropy', None)[0].tolist() == pytest.approx(ent)     # minus the entropy
+    with pytest.raises(ValueError, match='unknown order'):
+        score(probs, 'greedy', None)
+
+
+@pytest.mark.parametrize('order', ['top_prob', 'margin', 'entropy'])
+def test_confidence_orders_commit_the_most_confident_position(order):
+    """One token per pass: the committed position is the masked one the order scores highest."""
+    from sample import choose_tokens, score
+    model, (_, x) = tiny_model(), puzzles(2)
+    logits, _ = model(x)
+    _, probs = choose_tokens(logits, 0.0, None)
+    s = score(probs, order, None).masked_fill(x != MASK, -math.inf)
+    masked_after_one = []
+    class OnePass(torch.nn.Module):
+        cfg = model.cfg
+        def forward(self, x_, **kw):
+            masked_after_one.append(x_.clone())
+            return model(x_, **kw)
+    decode_mdm(OnePass(), x, 'full', order=order)
+    newly = (masked_after_one[0] == MASK) & (masked_after_one[1] != MASK)
+    assert torch.equal(newly.float().argmax(1), s.argmax(1)) and newly.sum(1).tolist() == [1, 1]
+
+
+def test_sampling_at_temperature_follows_the_softmax():
+    """Gumbel-max in float64: token frequencies match softmax(logits / T); MASK/SEP never drawn."""
+    from sample import choose_tokens
+    logits = torch.tensor([0.0, 5.0, 5.0, 1.0, 0.0, -1.0]).expand(20000, 6).clone()
+    for T in (0.5, 1.0, 2.0):
+        token, _ = choose_tokens(logits, T, torch.Generator().manual_seed(0))
+        expect = logits[0].clone(); expect[[MASK, 2]] = -math.inf
+        expect = (expect / T).softmax(-1)
+        freq = torch.bincount(token, minlength=6).double() / len(token)
+        assert torch.allclose(freq, expect.double(), atol=0.015), (T, freq, expect)
+        assert not ((token == MASK) | (token == 2)).any()

@@ -1,9 +1,9 @@
-"""Tasks: generators verify, corruptions are rejected, formats round-trip, splits are disjoint."""
+"""tasks.py and data.py: generators verify, corruptions are rejected, formats round-trip, splits are disjoint."""
 import json, subprocess, sys
 import numpy as np
 import pytest
-from tasks import (MASK, PAD, SEP, TaskFormatError, get_task, generate, load_splits, make_splits,
-                   read_examples, sudoku_solve, write_examples)
+from data import TaskFormatError, generate, load_splits, make_splits, read_examples, write_examples
+from tasks import MASK, SEP, get_task, sudoku_solve
 
 CONFIGS = [('sudoku', dict(size=4, givens=6)), ('sudoku', dict(size=6, givens=14)),
            ('sudoku', dict(size=9, givens=30)), ('sudoku_gen', dict(size=6)),
@@ -75,6 +75,7 @@ def test_sudoku_puzzles_have_exactly_one_solution(size, givens):
         assert len(sols) == 1 and ''.join(map(str, sols[0])) == answer
 
 
+@pytest.mark.exercise(6)
 def test_sudoku_verifier_accepts_any_valid_answer():
     task = get_task('sudoku', size=4, givens=0)
     empty = '.' * 16
@@ -158,7 +159,7 @@ def test_malformed_lines_name_file_and_line(name, options, bad, tmp_path):
     good = task.format_line(*generate(task, 1, seed=0, workers=1)[0])
     path = tmp_path / 'in.txt'
     path.write_text(f'{good}\n{bad}\n{good}\n')
-    with pytest.raises(TaskFormatError, match=rf'in.txt:2: '):
+    with pytest.raises(TaskFormatError, match=r'in.txt:2: '):
         read_examples(task, str(path))
     examples, errors = read_examples(task, str(path), skip_bad=True)
     assert len(examples) == 2 and len(errors) == 1 and ':2:' in errors[0]
@@ -170,10 +171,10 @@ def test_cli_check_last_line_is_json(tmp_path):
     examples[1] = (examples[1][0], examples[2][1])       # one wrong answer
     path = tmp_path / 'a.txt'
     write_examples(task, str(path), examples)
-    out = subprocess.run([sys.executable, 'tasks.py', '--task=sudoku', '--size=4', f'--check={path}'],
+    out = subprocess.run([sys.executable, 'data.py', '--task=sudoku', '--size=4', f'--check={path}'],
                          capture_output=True, text=True, check=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) == {'task': 'sudoku', 'n': 4, 'valid': 3, 'skipped': 0}
-    bad = subprocess.run([sys.executable, 'tasks.py', '--task=sudoku', '--size=4', '--check=/nonexistent'],
+    bad = subprocess.run([sys.executable, 'data.py', '--task=sudoku', '--size=4', '--check=/nonexistent'],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and 'Traceback' not in bad.stderr and 'nonexistent' in bad.stderr
 

@@ -6,6 +6,7 @@ from utils import load_checkpoint
 from train_mdlm import TrainConfig, diffusion_loss, mdlm_loss, settings, train
 
 
+@pytest.mark.exercise(2)
 def test_mdlm_loss_hand_computed():
     ce = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     masked = torch.tensor([[1, 1, 0], [0, 1, 0]], dtype=torch.bool)
@@ -23,6 +24,7 @@ class Uniform(torch.nn.Module):
         return logits, ce.view(x.shape)
 
 
+@pytest.mark.exercise(2)
 def test_diffusion_loss_weights_make_it_unbiased():
     """E[1/t * #masked] = #answer tokens: a know-nothing model scores log V per answer token."""
     ids = torch.randint(3, 7, (256, 20))
@@ -76,3 +78,29 @@ def test_resume_refuses_foreign_or_missing_checkpoint(tmp_path):
     (tmp_path / 'out').mkdir(); (tmp_path / 'out' / 'ckpt.pt').write_text('not a checkpoint')
     with pytest.raises(SystemExit, match='not a readable checkpoint'):
         train(tiny(tmp_path, resume=True), quiet=True)
+
+
+def test_ema_weights_are_the_average_of_the_raw_ones(tmp_path):
+    """After one step from the initial weights w0 to w1, EMA = w0 + (1 - ema) (w1 - w0): the saved
+    'model' (used for evaluation and sampling) is the EMA, 'raw_model' the trained weights."""
+    from model import ModelConfig, Transformer
+    cfg = tiny(tmp_path, max_iters=1, eval_interval=1, eval_n=4, ema=0.75)
+    train(cfg, quiet=True)
+    _, ckpt = load_checkpoint(f'{tmp_path}/out/ckpt.pt')
+    torch.manual_seed(cfg.seed)
+    w0 = Transformer(ModelConfig(**ckpt['model_config'])).state_dict()
+    for k, raw in ckpt['raw_model'].items():
+        assert not torch.equal(raw, w0[k]) or k.endswith('norm.weight'), k       # it trained
+        assert torch.allclose(ckpt['model'][k], w0[k] + 0.25 * (raw - w0[k]), atol=1e-6), k
+
+
+def test_mask_all_puts_every_position_in_the_loss(tmp_path):
+    seen = []
+    def spy(model, ids, answer_mask, cfg, gen, rows=slice(None)):
+        seen.append(answer_mask[rows].clone())
+        return diffusion_loss(model, ids, answer_mask, cfg, gen, rows)
+    train(tiny(tmp_path, max_iters=1, eval_interval=1, eval_n=4, mask_all=True), loss_fn=spy, quiet=True)
+    assert all(m.all() for m in seen)
+    seen.clear()
+    train(tiny(tmp_path / 'b', max_iters=1, eval_interval=1, eval_n=4), loss_fn=spy, quiet=True)
+    assert all(not m.all() for m in seen)                   # the givens stay out of the loss

@@ -1,0 +1,175 @@
+"""
+data.py: datasets from tasks: standard files in and out, deterministic generation on all cores,
+content-disjoint train/val/test splits cached on disk, and the command line.
+
+    python data.py --task=sudoku --size=9 --givens=30 --n=1000 --seed=0 --out=puzzles.txt
+    python data.py --task=sudoku --size=9 --check=answers.txt     # last line: one JSON object
+    python data.py --task=zebra --show --n=1
+    python data.py --bench                                        # examples generated per second
+"""
+import csv, hashlib, json, math, os, sys, time
+from dataclasses import dataclass
+from multiprocessing import get_context
+import numpy as np
+from tasks import TASKS, get_task, task_options
+
+DATA_VERSION = 1                  # bump when a generator in tasks.py changes: stale caches are ignored
+
+
+class TaskFormatError(ValueError):
+    """A malformed input line; the message names the file and the line number."""
+
+
+def read_examples(task, path, skip_bad=False):
+    """Read a file in the task's format -> list of (problem, answer or None).
+    A bad line raises TaskFormatError('path:line: reason'); with skip_bad=True bad lines are
+    skipped and returned as a list of messages: (examples, errors)."""
+    examples, errors = [], []
+    with open(path, newline='') as f:
+        lines = list(f)
+    header = lines[0].strip().lower().split(',') if lines else []
+    is_csv = task.name.startswith('sudoku') and any('puzzle' in h or 'quiz' in h for h in header)
+    if is_csv:                                 # CSV with a header: puzzle(s)/quizzes + solution(s)
+        reader = csv.DictReader(lines)
+        pcol = next(h for h in reader.fieldnames if 'puzzle' in h.lower() or 'quiz' in h.lower())
+        scol = next((h for h in reader.fieldnames if 'solution' in h.lower()), None)
+        rows = ((i + 2, row[pcol] + (',' + row[scol] if scol and row.get(scol) else '')) for i, row in enumerate(reader))
+    else:
+        rows = ((i + 1, line) for i, line in enumerate(lines))
+    for lineno, line in rows:
+        line = line.strip()
+        if not line or line.startswith('#'): continue
+        try:
+            examples.append(task.parse_line(line))
+        except (ValueError, KeyError, TypeError) as e:
+            msg = f'{path}:{lineno}: {e}'
+            if not skip_bad: raise TaskFormatError(msg) from None
+            errors.append(msg)
+    return (examples, errors) if skip_bad else examples
+
+def write_examples(task, path, examples):
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        for problem, answer in examples:
+            f.write(task.format_line(problem, answer) + '\n')
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation, splits and the on-disk cache
+
+def _generate_chunk(args):
+    config, seed, chunk, count, split = args
+    task = get_task(**config)
+    rng = np.random.default_rng([seed, chunk])        # same seed -> same data on any machine
+    if task.name == 'countdown':
+        return task.generate(count, rng, split=split)
+    return task.generate(count, rng)
+
+def generate(task, count, seed=0, split='train', workers=None, chunk_size=512):
+    """`count` examples, deterministic for (task options, seed, split) whatever the worker count:
+    chunk k always uses rng seeded with (seed, split, k)."""
+    split_id = {'train': 0, 'val': 1, 'test': 2}[split]
+    jobs = [(task.config(), seed * 3 + split_id, k, min(chunk_size, count - k * chunk_size), split)
+            for k in range(math.ceil(count / chunk_size))]
+    if workers is None:          # small requests are faster in-process than starting workers
+        workers = os.cpu_count() if len(jobs) > 4 else 1
+    workers = min(workers, len(jobs))
+    if workers > 1:              # 'spawn': forking a process that already runs torch threads can hang
+        with get_context('spawn').Pool(workers) as pool:
+            chunks = pool.map(_generate_chunk, jobs)
+    else:
+        chunks = [_generate_chunk(j) for j in jobs]
+    return [ex for c in chunks for ex in c]
+
+def make_splits(task, n_train, n_val, n_test, seed=0):
+    """Train/val/test disjoint *by content*: duplicates are dropped and no problem appears in
+    two splits (evaluation splits are generated first and win)."""
+    seen, splits = set(), {}
+    for split, n in (('test', n_test), ('val', n_val), ('train', n_train)):
+        out, extra = [], 0
+        while len(out) < n:
+            for ex in generate(task, n - len(out) + extra, seed + 1000 * extra, split):
+                key = ex[0] or ex[1]                        # the problem (the grid for sudoku_gen)
+                if key not in seen and len(out) < n:
+                    seen.add(key); out.append(ex)
+            extra += 1
+            if extra > 50:
+                raise RuntimeError(f'could not find {n} distinct {task.name} examples; the task is too small')
+        splits[split] = out
+    return splits
+
+def load_splits(task, n_train, n_val, n_test, seed=0, data_dir='data'):
+    """make_splits with an on-disk cache keyed by task options, sizes and seed."""
+    key = json.dumps(dict(task=task.config(), sizes=[n_train, n_val, n_test], seed=seed, v=DATA_VERSION), sort_keys=True)
+    path = os.path.join(data_dir, f'{task.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json')
+    if os.path.exists(path):
+        with open(path) as f:
+            return {k: [tuple(ex) for ex in v] for k, v in json.load(f)['splits'].items()}
+    splits = make_splits(task, n_train, n_val, n_test, seed)
+    os.makedirs(data_dir, exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(dict(key=json.loads(key), splits=splits), f)
+    os.replace(path + '.tmp', path)
+    return splits
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+@dataclass
+class TasksCLI:
+    task: str = 'sudoku'
+    n: int = 10                 # examples to generate
+    seed: int = 0
+    split: str = 'train'        # train | val | test (countdown's held-out targets differ)
+    out: str = ''               # write the examples here instead of printing them
+    check: str = ''             # verify the answers in this file instead of generating
+    skip_bad: bool = False      # with --check: skip and count malformed lines
+    show: bool = False          # print examples in a readable layout
+    bench: bool = False         # examples generated per second, every task
+
+
+def main(argv):
+    from utils import parse_settings, parse_value     # (imports torch: only the command line pays)
+    args, options = parse_settings(TasksCLI(), argv, extra=sorted({p for t in TASKS for p in task_options(t)}))
+    if args.bench:
+        return bench()
+    try:
+        task = get_task(args.task, **{k: parse_value(v) if isinstance(v, str) else v for k, v in options.items()})
+    except (ValueError, TypeError) as e:
+        sys.exit(f'error: {e}')
+    if args.check:
+        try:
+            result = read_examples(task, args.check, skip_bad=args.skip_bad)
+        except (TaskFormatError, OSError) as e:
+            sys.exit(f'error: {e}')
+        examples, errors = result if args.skip_bad else (result, [])
+        for e in errors: print('skipped', e)
+        valid = sum(task.verify(p, a) for p, a in examples)
+        print(f'{valid} of {len(examples)} answers valid')
+        print(json.dumps({'task': task.name, 'n': len(examples), 'valid': valid, 'skipped': len(errors)}))
+        return
+    examples = generate(task, args.n, args.seed, args.split)
+    if args.show:
+        for p, a in examples: print(task.show(p, a), end='\n\n')
+    if args.out:
+        write_examples(task, args.out, examples)
+        print(f'wrote {len(examples)} {task.name} examples to {args.out}')
+    elif not args.show:
+        for p, a in examples: print(task.format_line(p, a))
+
+def bench():
+    """Examples per second for each task (all cores, deterministic chunks)."""
+    for name, options, n in [('sudoku', dict(size=9, givens=30), 4096), ('sudoku', dict(size=6, givens=14), 4096),
+                             ('sudoku_gen', dict(size=9), 4096), ('countdown', {}, 4096),
+                             ('zebra', dict(houses=4, attributes=4), 256), ('zebra', dict(houses=6, attributes=6), 16),
+                             ('path_star', {}, 4096)]:
+        task = get_task(name, **options)
+        t = time.time()
+        generate(task, n, seed=123)
+        dt = time.time() - t
+        print(f'{name:10s} {json.dumps(options):32s} {n / dt:10.0f} examples/s  ({n} in {dt:.1f}s, {os.cpu_count()} cores)')
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

@@ -1,0 +1,119 @@
+"""What a newcomer must be able to trust: a shared checkpoint cannot run code, divergence stops
+without destroying the last good checkpoint, the same seed gives the same run, malformed puzzle
+lines are reported (never a traceback), and settings that mean nothing are refused."""
+import dataclasses, subprocess, sys
+import numpy as np
+import pytest
+import torch
+from train_mdlm import settings, train
+from utils import CHECKPOINT_KIND, load_checkpoint
+
+
+def tiny(tmp_path, **kw):
+    cfg, _ = settings(['presets/tiny_test.json', f'--out_dir={tmp_path}/out', f'--data_dir={tmp_path}/data'])
+    return dataclasses.replace(cfg, **kw)
+
+
+class Evil:
+    """Unpickling this calls open(path, 'w'): a file appears if loading runs code."""
+    def __init__(self, path): self.path = path
+    def __reduce__(self): return (open, (self.path, 'w'))
+
+
+def test_malicious_checkpoint_runs_nothing(tmp_path):
+    marker = tmp_path / 'pwned'
+    evil = tmp_path / 'evil.pt'
+    torch.save(dict(kind=CHECKPOINT_KIND, model=Evil(str(marker))), evil)
+    with pytest.raises(SystemExit, match='refusing to load.*could run code'):
+        load_checkpoint(str(evil))
+    r = subprocess.run([sys.executable, 'sample.py', f'--ckpt={evil}'], capture_output=True, text=True)
+    assert r.returncode != 0 and 'refusing to load' in r.stderr and 'Traceback' not in r.stderr
+    assert not marker.exists()                                  # nothing ran, in either path
+
+
+def test_incomplete_or_foreign_checkpoint_is_one_clear_line(tmp_path):
+    path = tmp_path / 'partial.pt'
+    torch.save(dict(kind=CHECKPOINT_KIND, model={}), path)
+    with pytest.raises(SystemExit, match='incomplete: it has no model_config'):
+        load_checkpoint(str(path))
+    torch.save(dict(weights=torch.zeros(3)), path)
+    with pytest.raises(SystemExit, match='not a checkpoint written by this version'):
+        load_checkpoint(str(path))
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    good = tiny(tmp_path, max_iters=10, eval_interval=10, eval_n=8)
+    train(good, quiet=True)
+    before = (tmp_path / 'out' / 'ckpt.pt').read_bytes()
+    bad = dataclasses.replace(good, max_iters=60, learning_rate=1e6, grad_clip=0.0, resume=True)
+    with pytest.raises(SystemExit, match=r'diverged at step \d+.*untouched'):
+        train(bad, quiet=True)
+    assert (tmp_path / 'out' / 'ckpt.pt').read_bytes() == before      # byte for byte
+    model, ckpt = load_checkpoint(str(tmp_path / 'out' / 'ckpt.pt'))
+    assert ckpt['step'] == 10 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    from utils import save_checkpoint
+    with pytest.raises(SystemExit, match='non-finite weights'):
+        save_checkpoint(str(tmp_path / 'c.pt'), model={'w': torch.tensor([1.0, float('nan')])})
+    assert not (tmp_path / 'c.pt').exists()
+
+
+def test_same_seed_same_run(tmp_path):
+    a = train(tiny(tmp_path / 'a', max_iters=15, eval_interval=5, eval_n=8), quiet=True)[0]
+    b = train(tiny(tmp_path / 'b', max_iters=15, eval_interval=5, eval_n=8), quiet=True)[0]
+    assert a == b
+
+
+def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
+    """300 random corruptions of a standard 81-character line: each is either a valid puzzle or
+    rejected by `data.py --check` with file:line: reason, and --skip_bad counts them."""
+    from data import TaskFormatError, read_examples
+    from tasks import get_task
+    task = get_task('sudoku', size=9)
+    rng = np.random.default_rng(0)
+    good = '53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79'
+    lines = []
+    for _ in range(300):
+        s = list(good)
+        for _ in range(rng.integers(1, 4)):
+            op = rng.integers(4)
+            i = int(rng.integers(len(s)))
+            if op == 0: s[i] = chr(int(rng.integers(33, 127)))          # a stray character
+            elif op == 1: del s[i]                                    # too short
+            elif op == 2: s.insert(i, str(rng.integers(10)))          # too long
+            else: s[i] = s[(i + 1) % len(s)] if s[i] == '.' else s[i]  # maybe a repeated digit
+        lines.append(''.join(s))
+    path = tmp_path / 'fuzz.txt'
+    path.write_text('\n'.join(lines) + '\n')
+    n_bad = 0
+    for i, line in enumerate(lines):
+        one = tmp_path / 'one.txt'
+        one.write_text(line + '\n')
+        try:
+            read_examples(task, str(one))
+        except TaskFormatError as e:
+            n_bad += 1
+            assert str(e).startswith(f'{one}:1: ')
+    assert n_bad > 200                                              # most corruptions are invalid
+    r = subprocess.run([sys.executable, 'data.py', '--task=sudoku', '--size=9', f'--check={path}', '--skip_bad'],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and 'Traceback' not in r.stderr
+    assert f'"skipped": {n_bad}' in r.stdout.splitlines()[-1]
+    r = subprocess.run([sys.executable, 'data.py', '--task=sudoku', '--size=9', f'--check={path}'],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and 'fuzz.txt:' in r.stderr and 'Traceback' not in r.stderr
+
+
+@pytest.mark.parametrize('script,args,message', [
+    ('train_mdlm.py', ['--mtp_window=2'], "unknown setting 'mtp_window'"),
+    ('train_mdlm.py', ['--attn=causal'], 'AR models are trained by train_ar_mtp.py'),
+    ('train_ar_mtp.py', ['--attn=full'], 'AR attention follows from --mtp_window'),
+    ('train_ar_mtp.py', ['--bench'], 'python train_mdlm.py --bench'),
+    ('train_ar_mtp.py', ['--ntp_only'], 'apply to AR+MTP'),
+    ('sample.py', ['--policy=uniform'], '--order=random'),
+])
+def test_settings_that_mean_nothing_are_refused(script, args, message):
+    r = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    assert r.returncode != 0 and message in r.stderr and 'Traceback' not in r.stderr, r.stderr
