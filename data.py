@@ -108,9 +108,10 @@ def load_splits(task, n_train, n_val, n_test, seed=0, data_dir='data'):
             return {k: [tuple(ex) for ex in v] for k, v in json.load(f)['splits'].items()}
     splits = make_splits(task, n_train, n_val, n_test, seed)
     os.makedirs(data_dir, exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
+    tmp = f'{path}.{os.getpid()}.tmp'            # data-parallel processes may write at once
+    with open(tmp, 'w') as f:
         json.dump(dict(key=json.loads(key), splits=splits), f)
-    os.replace(path + '.tmp', path)
+    os.replace(tmp, path)
     return splits
 
 

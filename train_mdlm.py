@@ -274,8 +274,10 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
             tqdm.write(f'step {step}: val loss {metrics["val_loss"]:.4f}, '
                        f'val solve accuracy {metrics["val_accuracy"]:.1%} ({cfg.eval_n} puzzles)')
     bar.close()
-    if world > 1:
-        dist.barrier()                                  # rank 0 has written the last checkpoint
+    if world > 1:                                       # every rank returns rank 0's metrics
+        shared = [metrics]
+        dist.broadcast_object_list(shared, src=0)
+        metrics = shared[0]
     return metrics, ckpt_path
 
 

@@ -10,7 +10,7 @@ OUTCOMES = []
 
 def unsolved_exercise(excinfo):
     """The exercise number if this failure is an unsolved exercise's NotImplementedError."""
-    text = f'{excinfo.typename}: {excinfo.value}'
+    text = f'{excinfo.typename}: {excinfo.value} {getattr(excinfo.value, "stderr", "")}'   # + a subprocess's
     found = re.search(r'NotImplementedError: Exercise (\d+):', text)
     return int(found.group(1)) if found else None
 

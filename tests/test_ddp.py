@@ -25,6 +25,7 @@ def close(a, b, rel=1e-4):
         assert torch.allclose(a['model'][k], b['model'][k], rtol=1e-3, atol=1e-5), k
 
 
+@pytest.mark.slow
 def test_ddp_equals_one_process_and_checkpoints_move_between_them(tmp_path):
     one = run(tmp_path, 'one', 1, '--max_iters=20')
     two = run(tmp_path, 'two', 2, '--max_iters=20')

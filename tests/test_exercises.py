@@ -15,6 +15,7 @@ def grade(repo):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_student_copy_then_solving_exercises(tmp_path):
     copy = tmp_path / 'student'
     r = subprocess.run([sys.executable, 'exercises.py', f'--make={copy}'], capture_output=True, text=True)
@@ -29,7 +30,7 @@ def test_student_copy_then_solving_exercises(tmp_path):
         assert student == text, name
     assert grade(copy)['passed'] == 0
     # every test that is not an exercise passes or is skipped with a reason
-    r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-rs', '-m', 'not exercise', '-p', 'no:cacheprovider', 'tests'],
+    r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-rs', '-m', 'not exercise and not slow', '-p', 'no:cacheprovider', 'tests'],
                        cwd=copy, capture_output=True, text=True)
     assert r.returncode == 0 and 'waits for Exercise' in r.stdout, r.stdout[-3000:]
     # solve 2 and 3 (3 needs 1) by copying the original regions back
