@@ -30,7 +30,7 @@ EXERCISES = {
         'keep = clean | D | L; argsort (~keep) with stable=True moves kept positions to the front '
         'of each row; cut to the longest row; gather keep to know which slots are padding.',
         '`python sample.py --n_latent=0` processes far fewer positions per puzzle than '
-        '--n_latent=all, and the trimmed passes equal untrimmed ones (test)', (1,)),
+        '--n_latent=all, and the trimmed passes equal untrimmed ones (test)', (1, 7)),
     4: ('the AR+MTP loss', 'train_ar_mtp.py: mtp_loss',
         'the loss positions are the masked ones with rank < W (rank < 1 for --ntp_only); every '
         'example weighs the same: the mean of its own loss positions, then the mean over examples.',

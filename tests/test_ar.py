@@ -103,7 +103,7 @@ def test_ar_loss_hand_computed():
 def test_tiny_ar_and_ar_mtp_learn(window, tmp_path):
     """Through the same path as the command line: settings -> objective -> train."""
     cfg, _ = settings(['presets/tiny_test.json', f'--out_dir={tmp_path}/out', f'--data_dir={tmp_path}/data',
-                       '--layout=prompt', f'--mtp_window={window}', '--max_iters=600', '--eval_interval=600'], ARConfig())
+                       '--layout=prompt', f'--mtp_window={window}', '--max_iters=300', '--eval_interval=300'], ARConfig())
     loss, attn, decoder = objective(cfg)
     assert (attn, decoder['method']) == (('causal', 'ar') if window == 0 else ('prefix', 'ar_mtp'))
     assert decoder.get('window') == (None if window == 0 else window)
