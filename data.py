@@ -132,12 +132,12 @@ class TasksCLI:
 
 
 def main(argv):
-    from utils import parse_settings, parse_value     # (imports torch: only the command line pays)
+    from utils import parse_settings     # (imports torch: only the command line pays)
     args, options = parse_settings(TasksCLI(), argv, extra=sorted({p for t in TASKS for p in task_options(t)}))
     if args.bench:
         return bench()
     try:
-        task = get_task(args.task, **{k: parse_value(v) if isinstance(v, str) else v for k, v in options.items()})
+        task = get_task(args.task, **options)
     except (ValueError, TypeError) as e:
         sys.exit(f'error: {e}')
     if args.check:

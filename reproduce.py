@@ -25,9 +25,7 @@ it lets even an independent model steer around the hard cells, so it flatters SI
 """
 import dataclasses, json, os, platform, sys, time
 import torch
-from sample import DECODERS, evaluate
-from data import load_splits
-from tasks import get_task
+from sample import DECODERS, checkpoint_examples, evaluate
 from train_ar_mtp import ARConfig, objective
 from train_mdlm import TrainConfig, train
 from utils import load_checkpoint, parse_settings, pick_device
@@ -90,20 +88,22 @@ class ReproduceConfig:
     n: int = 500               # test puzzles for --sweep_latent / --bench_cache
 
 
-def test_puzzles(ckpt, n):
-    task = get_task(**ckpt['task_config'])
-    tc = ckpt['train_config']
-    return task, load_splits(task, tc['n_train'], tc['n_val'], tc['n_test'], tc['data_seed'], tc['data_dir'])['test'][:n]
-
-
 COST_COLUMNS = ('accuracy', 'nfe_per_sample', 'positions_per_sample', 'seconds_per_sample')
+
+
+def write_csv(path, rows, columns):
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    with open(path, 'w') as f:
+        f.write(','.join(columns) + '\n')
+        for r in rows:
+            f.write(','.join(str(r[c]) for c in columns) + '\n')
 
 
 def sweep_latent(model, ckpt, ks, refs, n_test, prefix, device):
     """The paper's Figure 1 under both commit orders: accuracy and cost against the number of
     latent tokens k, plus reference rows (k = 'full' / 'independent') for MDM and SIDM models
     decoded by the same rule. Writes <prefix>.csv and .json; returns the rows."""
-    task, examples = test_puzzles(ckpt, n_test)
+    task, examples = checkpoint_examples(ckpt, 'test', n_test)
     rows = []
     for order, rule in ORDERS.items():
         for k in ks.split(','):
@@ -116,11 +116,7 @@ def sweep_latent(model, ckpt, ks, refs, n_test, prefix, device):
             r = evaluate(ref_model, task, examples, ref_ckpt['attn'], dec, device=device)
             rows.append(dict(order=order, k=ref_ckpt['attn'], **{c: r[c] for c in COST_COLUMNS}))
             print(f'{order:8s} reference {ref_ckpt["attn"]}: accuracy {r["accuracy"]:.1%}')
-    os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
-    with open(prefix + '.csv', 'w') as f:
-        f.write(','.join(('order', 'k') + COST_COLUMNS) + '\n')
-        for r in rows:
-            f.write(','.join(str(r[c]) for c in ('order', 'k') + COST_COLUMNS) + '\n')
+    write_csv(prefix + '.csv', rows, ('order', 'k') + COST_COLUMNS)
     with open(prefix + '.json', 'w') as f:
         json.dump(dict(task=ckpt['task_config'], n=len(examples), n_candidates=N_CANDIDATES, rows=rows), f, indent=1)
     return rows
@@ -150,17 +146,14 @@ def plot_dial(rows, path, title=''):
 def sweep_threshold(model, ckpt, taus, n_test, prefix, device):
     """Threshold decoding: each pass also commits every candidate at least tau confident. Writes
     <prefix>.csv/.png: accuracy against forward passes per puzzle; tau = 0 is one token per pass."""
-    task, examples = test_puzzles(ckpt, n_test)
+    task, examples = checkpoint_examples(ckpt, 'test', n_test)
     rows = []
     for tau in taus.split(','):
         r = evaluate(model, task, examples, ckpt['attn'], dict(ckpt['decoder'], threshold=float(tau)), device=device)
         rows.append(dict(threshold=float(tau), **{c: r[c] for c in COST_COLUMNS}))
         print(f'threshold {tau:>5}: accuracy {r["accuracy"]:.1%}, {r["nfe_per_sample"]:.1f} passes/puzzle '
               f'({rows[0]["nfe_per_sample"] / r["nfe_per_sample"]:.2f}x fewer than tau={rows[0]["threshold"]:g})')
-    with open(prefix + '.csv', 'w') as f:
-        f.write(','.join(('threshold',) + COST_COLUMNS) + '\n')
-        for r in rows:
-            f.write(','.join(str(r[c]) for c in ('threshold',) + COST_COLUMNS) + '\n')
+    write_csv(prefix + '.csv', rows, ('threshold',) + COST_COLUMNS)
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -177,7 +170,7 @@ def sweep_threshold(model, ckpt, taus, n_test, prefix, device):
 
 def bench_cache(model, ckpt, n, device):
     """Cached vs uncached decoding of one AR / AR+MTP checkpoint in one run: a ratio, not a time."""
-    task, examples = test_puzzles(ckpt, n)
+    task, examples = checkpoint_examples(ckpt, 'test', n)
     results = {}
     for name, use_cache in (('cached', True), ('uncached', False)):
         dec = dict(ckpt['decoder'], use_cache=use_cache)
@@ -228,7 +221,7 @@ def main(argv):
             c = dataclasses.replace(c, seed=seed, device=cfg.device, out_dir=os.path.dirname(ckpt_path(name)),
                                     resume=os.path.exists(ckpt_path(name)))
             model, ck = load_checkpoint(train(c, *objective_, quiet=cfg.scale == 'smoke')[1], device)
-            return (model, ck, *test_puzzles(ck, n_test))
+            return (model, ck, *checkpoint_examples(ck, 'test', n_test))
 
         def record(finding, name, decoding, task, r):
             rows.append(dict(finding=finding, task=f'{task.name}{task.options.get("size", "")}', model=name, seed=seed,
@@ -256,10 +249,7 @@ def main(argv):
             record('C3', name, 'left_to_right', task, evaluate(model, task, test, attn, dec, device=device))
         seed_minutes.append((time.time() - t_seed) / 60)
     columns = ('finding', 'task', 'model', 'seed', 'decoding', 'accuracy', 'positions_per_sample', 'n')
-    with open(f'{cfg.out}/models.csv', 'w') as f:
-        f.write(','.join(columns) + '\n')
-        for r in rows:
-            f.write(','.join(str(r[k]) for k in columns) + '\n')
+    write_csv(f'{cfg.out}/models.csv', rows, columns)
     summary = {}
     for r in rows:
         summary.setdefault(f'{r["model"]} ({r["decoding"]})', []).append(r['accuracy'])

@@ -358,6 +358,12 @@ def show(model, task, problem, decoder, device):
     print(f'answer {"verifies" if task.verify(problem, answer) else "is WRONG"}: {answer}')
 
 
+def checkpoint_examples(ckpt, split='test', n=None):
+    """(task, the first n examples of a split of the data the checkpoint was trained with)."""
+    task, tc = get_task(**ckpt['task_config']), ckpt['train_config']
+    return task, load_splits(task, tc['n_train'], tc['n_val'], tc['n_test'], tc['data_seed'], tc['data_dir'])[split][:n]
+
+
 def load_examples(task, ckpt, cfg):
     """The puzzles to decode: an input file, or a split of the checkpoint's own data."""
     if cfg.input:
@@ -370,8 +376,7 @@ def load_examples(task, ckpt, cfg):
         return examples
     if cfg.split not in ('train', 'val', 'test'):
         raise SystemExit('error: --split must be train, val or test')
-    tc = ckpt['train_config']
-    return load_splits(task, tc['n_train'], tc['n_val'], tc['n_test'], tc['data_seed'], tc['data_dir'])[cfg.split][:cfg.n]
+    return checkpoint_examples(ckpt, cfg.split, cfg.n)[1]
 
 
 def main(argv):

@@ -24,7 +24,7 @@ from model import ATTNS, ModelConfig, Transformer, attention_mask
 from sample import default_decoder, evaluate
 from data import load_splits
 from tasks import MASK, TASKS, get_task, task_options
-from utils import autocast, load_checkpoint, parse_settings, parse_value, resolve_system, save_checkpoint
+from utils import autocast, load_checkpoint, parse_settings, resolve_system, save_checkpoint
 
 
 @dataclass
@@ -82,10 +82,9 @@ def settings(argv, cfg=None, bench=True, refuse=None):
     Returns (cfg, bench?)."""
     cfg, extra = parse_settings(cfg or TrainConfig(), argv, extra=TASK_OPTIONS + (['bench'] if bench else []),
                                 refuse=refuse)
-    do_bench = parse_value(str(extra.pop('bench', False)), False, 'bench')
+    do_bench = bool(extra.pop('bench', False))
     valid = task_options(cfg.task)
-    cfg.task_options = {**{k: v for k, v in cfg.task_options.items() if k in valid},
-                        **{k: parse_value(v) if isinstance(v, str) else v for k, v in extra.items()}}
+    cfg.task_options = {**{k: v for k, v in cfg.task_options.items() if k in valid}, **extra}
     return cfg, do_bench
 
 
@@ -191,7 +190,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
     optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=cfg.weight_decay),
                                    dict(params=no_decay, weight_decay=0.0)],
                                   lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                                  fused=device == 'cuda')
+                                  fused=device.startswith('cuda'))
     # EMA: a second copy of the weights, averaged after every step; evaluation and the saved
     # 'model' use it. Without EMA, eval_model is the trained model itself.
     ema_model = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
@@ -209,7 +208,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
         step, history = ckpt['step'], ckpt['history']
         gen.set_state(ckpt['rng']['gen'].cpu())        # generator states are CPU byte tensors
         torch.set_rng_state(ckpt['rng']['torch'].cpu())
-        if device == 'cuda': torch.cuda.set_rng_state(ckpt['rng']['cuda'].cpu())
+        if device.startswith('cuda'): torch.cuda.set_rng_state(ckpt['rng']['cuda'].cpu())
     step_model = torch.compile(model) if use_compile else model
     if world > 1:
         step_model = DDP(step_model, device_ids=[torch.device(device).index] if device.startswith('cuda') else None)
@@ -224,6 +223,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups: group['lr'] = lr
         idx = torch.randint(len(ids), (cfg.batch_size,), generator=gen, device=device)   # the global batch
+        batch, batch_answer = ids[idx], answer_mask[idx]
         noise = gen.get_state()
         optimizer.zero_grad(set_to_none=True)
         for a in range(cfg.grad_accum):                 # this process's rows, in grad_accum pieces
@@ -231,7 +231,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
             first = (rank * cfg.grad_accum + a) * micro
             if world > 1: step_model.require_backward_grad_sync = a == cfg.grad_accum - 1
             with autocast(device, dtype):
-                loss, ce = loss_fn(step_model, ids[idx], answer_mask[idx], cfg, gen, slice(first, first + micro))
+                loss, ce = loss_fn(step_model, batch, batch_answer, cfg, gen, slice(first, first + micro))
             (loss / cfg.grad_accum).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         if not torch.isfinite(loss.detach() + grad_norm):   # stop before the bad step touches the weights
@@ -264,7 +264,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
                        train_loss=loss.item())
         history.append(metrics)
         rng = dict(gen=gen.get_state(), torch=torch.get_rng_state())
-        if device == 'cuda': rng['cuda'] = torch.cuda.get_rng_state()
+        if device.startswith('cuda'): rng['cuda'] = torch.cuda.get_rng_state()
         state = dict(model=eval_model.state_dict(), model_config=dataclasses.asdict(model_cfg),
                      task_config=task.config(), train_config=dataclasses.asdict(cfg), attn=attn, decoder=decoder,
                      optimizer=optimizer.state_dict(), step=step, history=history, metrics=metrics, rng=rng)

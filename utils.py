@@ -15,7 +15,7 @@ from model import ModelConfig, Transformer
 def parse_settings(cfg, argv, extra=(), refuse=None):
     """A dataclass instance, then preset files (positional *.json arguments or --preset=path),
     then --key=value overrides, in order. An unknown key is an error that lists the valid ones.
-    Keys named in `extra` are returned separately; keys in `refuse` ({key: why}) are an error
+    Keys named in `extra` are returned separately, typed by parse_value; keys in `refuse` ({key: why}) are an error
     that says why (a setting that exists elsewhere but means nothing here)."""
     fields = {f.name for f in dataclasses.fields(cfg)}
     refuse, extras = refuse or {}, {}
@@ -24,7 +24,7 @@ def parse_settings(cfg, argv, extra=(), refuse=None):
         if key in refuse:
             raise SystemExit(f'error: --{key} is not used here: {refuse[key]}')
         if key in extra:
-            extras[key] = value; return
+            extras[key] = parse_value(value) if isinstance(value, str) else value; return
         if key not in fields:
             raise SystemExit(f'error: unknown setting {key!r} in {source}. Valid settings: '
                              + ', '.join(sorted(fields | set(extra))))
