@@ -86,11 +86,15 @@ def objective(cfg):
     return mtp_loss, attn, default_decoder(attn, cfg.mtp_window)
 
 
-if __name__ == '__main__':
-    cfg, _ = settings(sys.argv[1:], ARConfig(), bench=False, refuse={
+def main(argv):
+    cfg, _ = settings(argv, ARConfig(), bench=False, refuse={
         'attn': 'AR attention follows from --mtp_window and --prefix',
         'bench': 'the training-speed benchmark is `python train_mdlm.py --bench`'})
     if cfg.task == 'sudoku' and cfg.task_options.get('layout', 'inplace') != 'prompt':
         raise SystemExit('error: AR models need --layout=prompt for sudoku (the puzzle before the answer)')
     metrics, path = train(cfg, *objective(cfg))
     print(f'final: val solve accuracy {metrics["val_accuracy"]:.1%}, checkpoint {path}')
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

@@ -350,13 +350,16 @@ def bench(cfg, iters=20, rounds=3):
     return best
 
 
-if __name__ == '__main__':
-    cfg, do_bench = settings(sys.argv[1:])
+def main(argv):
+    cfg, do_bench = settings(argv)
     if cfg.attn not in DIFFUSION_ATTNS:
         raise SystemExit(f'error: train_mdlm.py trains --attn={"|".join(DIFFUSION_ATTNS)}; '
                          'AR models are trained by train_ar_mtp.py')
     if do_bench:
-        bench(cfg)
-    else:
-        metrics, path = train(cfg)
-        print(f'final: val solve accuracy {metrics["val_accuracy"]:.1%}, checkpoint {path}')
+        return bench(cfg)
+    metrics, path = train(cfg)
+    print(f'final: val solve accuracy {metrics["val_accuracy"]:.1%}, checkpoint {path}')
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

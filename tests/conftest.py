@@ -5,6 +5,8 @@ the outcome of every exercise test is written there as JSON for `exercises.py --
 import json, os, re
 import pytest
 
+TINY = 'presets/tiny_test.json'
+
 OUTCOMES = []
 
 
@@ -38,3 +40,15 @@ def pytest_sessionfinish(session):
                 final[o['test']] = o
         with open(path, 'w') as f:
             json.dump(list(final.values()), f)
+
+
+@pytest.fixture(scope='session')
+def trained_semi_causal(tmp_path_factory):
+    """One tiny 4x4 semi-causal model (300 steps, ~4 s) shared by the tests that need a trained
+    checkpoint: (folder holding out/ckpt.pt, final metrics)."""
+    from train_mdlm import settings, train
+    d = tmp_path_factory.mktemp('semi_causal')
+    cfg, _ = settings([TINY, f'--out_dir={d}/out', f'--data_dir={d}/data', '--attn=semi_causal',
+                       '--max_iters=300', '--eval_interval=300'])
+    metrics, _ = train(cfg, quiet=True)
+    return d, metrics
