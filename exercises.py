@@ -27,8 +27,9 @@ EXERCISES = {
         'test_mdlm_loss_hand_computed gives (6 + 20) / 6; MDM training loss falls below 0.1 within '
         '800 steps on 6x6 Sudoku', ()),
     3: ('the trimmed latent pass', 'sample.py: decode_latent',
-        'keep = clean | D | L; argsort (~keep) with stable=True moves kept positions to the front '
-        'of each row; cut to the longest row; gather keep to know which slots are padding.',
+        'keep = clean | D | L; a stable argsort of 2 * (~keep) + masked puts each row\'s kept clean '
+        'positions first (the cache keeps them), then its kept masked ones; cut to the longest row; '
+        'gather keep to know which slots are padding.',
         '`python sample.py --n_latent=0` processes far fewer positions per puzzle than '
         '--n_latent=all, and the trimmed passes equal untrimmed ones (test)', (1, 7)),
     4: ('the AR+MTP loss', 'train_ar_mtp.py: mtp_loss',

@@ -11,7 +11,7 @@ reproduce.py: the paper's three findings, measured here, by one command.
     python reproduce.py --scale=smoke                  # seconds; what the test suite runs
     python reproduce.py --sweep_latent=0,1,2,4,all --ckpt=out/mdlm/ckpt.pt --ref_ckpts=out/mdm/ckpt.pt,out/sidm/ckpt.pt
     python reproduce.py --sweep_threshold=0,0.5,0.9,0.99 --ckpt=out/mdm/ckpt.pt   # passes vs accuracy
-    python reproduce.py --bench_cache --ckpt=out/ar/ckpt.pt     # cached vs uncached decoding, one run
+    python reproduce.py --bench_cache --ckpt=out/mdlm/ckpt.pt   # cached vs uncached decoding, one run
 
 Writes <out>/models.csv (accuracy per task, model, seed and decoding), <out>/sweep_latent_seed*.csv
 /.json (the dial under both orders, with matched MDM and SIDM rows), <out>/summary.json (mean and
@@ -168,19 +168,30 @@ def sweep_threshold(model, ckpt, taus, n_test, prefix, device):
     return rows
 
 
-def bench_cache(model, ckpt, n, device):
-    """Cached vs uncached decoding of one AR / AR+MTP checkpoint in one run: a ratio, not a time."""
+def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 4, 8, -1)):
+    """Cached vs uncached decoding of one checkpoint, in one run: ratios, not times.
+    AR / AR+MTP: use_cache on and off (exact). Latent sampler: k = 0 and k = all, each with the
+    clean-position cache off (r = 0) and refreshed every r passes (-1: never); times are given
+    against uncached k = all."""
     task, examples = checkpoint_examples(ckpt, 'test', n)
+    if ckpt['decoder']['method'] == 'latent':
+        runs = {f'k={k} r={"never" if r == -1 else r}': dict(n_latent=k, cache_refresh=r)
+                for k in ('all', 0) for r in refreshes}
+    else:
+        runs = {'uncached': dict(use_cache=False), 'cached': dict(use_cache=True)}
     results = {}
-    for name, use_cache in (('cached', True), ('uncached', False)):
-        dec = dict(ckpt['decoder'], use_cache=use_cache)
+    for name, settings in runs.items():
+        dec = dict(ckpt['decoder'], **settings)
         evaluate(model, task, examples[:8], ckpt['attn'], dec, device=device)                   # warm-up
         results[name] = evaluate(model, task, examples, ckpt['attn'], dec, device=device)
+    base = next(iter(results))
     for name, r in results.items():
-        print(f'{name:9s} accuracy {r["accuracy"]:6.1%}  {1000 * r["seconds_per_sample"]:7.2f} ms/puzzle  '
-              f'{r["positions_per_sample"]:7.0f} positions/puzzle  '
-              f'speed-up of cached: {r["seconds"] / results["cached"]["seconds"]:.2f}x')
-    print(json.dumps({k: {c: r[c] for c in ('accuracy', 'seconds', 'positions_per_sample')} for k, r in results.items()}))
+        print(f'{name:12s} accuracy {r["accuracy"]:6.1%}  {1000 * r["seconds_per_sample"]:7.2f} ms/puzzle  '
+              f'{r["nfe_per_sample"]:5.1f} passes  {r["positions_per_sample"]:6.0f} positions/puzzle  '
+              f'time {r["seconds"] / results[base]["seconds"]:.2f}x of {base}')
+    print(json.dumps({k: {c: r[c] for c in ('accuracy', 'seconds', 'nfe_per_sample', 'positions_per_sample')}
+                      for k, r in results.items()}))
+    return results
 
 
 def main(argv):

@@ -107,7 +107,7 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
 
 @torch.no_grad()
 def decode_latent(model, x, n_latent=0, order='random', tokens_per_step=1, n_candidates=8, threshold=0.0,
-                  temperature=0.0, gen=None, trace=None):
+                  temperature=0.0, cache_refresh=0, gen=None, trace=None):
     """The latent-token sampler for a semi_causal model. Each step, per row:
       order='random' (the paper's uniform order): D = tokens_per_step random masked positions,
                   L = n_latent others at random;
@@ -119,13 +119,21 @@ def decode_latent(model, x, n_latent=0, order='random', tokens_per_step=1, n_can
     is exact because under semi_causal attention no position in the pass could see them.
     Ranks: latents get U(0,1) in random order, D/C get 2.0, above every latent: so D sees all
     clean positions and all latents, and D/C positions do not see each other (equal ranks).
-    n_latent='all' (or -1) makes every remaining masked position a latent."""
+    n_latent='all' (or -1) makes every remaining masked position a latent.
+
+    cache_refresh (ours, an approximation in the spirit of Fast-dLLM's cache): clean positions see
+    only clean positions, so their keys/values change only when a token is committed. With
+    cache_refresh=r > 0, a pass that runs every clean position (every r-th pass) keeps their
+    keys/values; the passes in between run only the positions committed since, L and D (or C),
+    against those kept keys/values, which miss what the newer tokens would have changed.
+    0 = no cache (exact); -1 = keys/values of the first pass kept to the end."""
     if order == 'random' and threshold > 0:
         raise ValueError('a threshold needs a confidence order (top_prob, margin, entropy), not random')
     x = x.clone()
     B, T = x.shape
     dev = x.device
     nfe = torch.zeros(B, device=dev); positions = torch.zeros(B, device=dev)
+    cache, cached, cached_valid, n_pass = None, None, None, 0   # cached [B, T]: positions whose keys/values are kept
     while True:
         masked = x == MASK
         remaining = masked.sum(1)
@@ -138,10 +146,14 @@ def decode_latent(model, x, n_latent=0, order='random', tokens_per_step=1, n_can
         k = (remaining - n_front).clamp(min=0) if k_all else torch.full_like(remaining, int(n_latent))
         front = masked & (slot < n_front)
         latent = masked & (slot >= n_front) & (slot < n_front + k[:, None])
+        refresh = cache_refresh != 0 and (cache is None or (cache_refresh > 0 and n_pass % cache_refresh == 0))
+        use_cache = cache_refresh != 0 and not refresh
+        clean = ~masked & ~cached if use_cache else ~masked       # the clean positions this pass runs
         # EXERCISE 3: trim the pass to clean + L + D. idx [B, T'] the kept positions of each row,
-        # padded to the longest row; valid [B, T'] False on the padding
-        keep = ~masked | front | latent
-        idx = (~keep).to(torch.int8).argsort(dim=1, stable=True)[:, :int(keep.sum(1).max())]
+        # clean ones first, padded to the longest row; valid [B, T'] False on the padding
+        keep = clean | front | latent
+        idx = (2 * (~keep).to(torch.int8) + masked.to(torch.int8)).argsort(dim=1, stable=True)
+        idx = idx[:, :int(keep.sum(1).max())]
         valid = torch.gather(keep, 1, idx)
         # END EXERCISE 3
         x_sub = torch.gather(x, 1, idx)
@@ -152,7 +164,17 @@ def decode_latent(model, x, n_latent=0, order='random', tokens_per_step=1, n_can
         # a padding query may see nothing at all, and attention over no key gives NaN: let every
         # query see itself (padding outputs are never used; real queries already see themselves)
         attn_mask |= torch.eye(idx.shape[1], dtype=torch.bool, device=dev)
-        logits, _ = model(x_sub, pos=idx, attn_mask=attn_mask)
+        if use_cache:                 # every query also sees the kept clean keys (clean sees clean)
+            attn_mask = torch.cat([cached_valid[:, None, :].expand(-1, idx.shape[1], -1), attn_mask], 2)
+        elif refresh:
+            cache = KVCache(model.cfg.n_layer)
+        logits, _ = model(x_sub, pos=idx, attn_mask=attn_mask, cache=cache)
+        if refresh:                   # keep the clean positions' keys/values (they come first)
+            n_clean = int((~masked).sum(1).max())
+            cache.commit(n_clean)
+            cached_valid = torch.gather(~masked, 1, idx[:, :n_clean]) & valid[:, :n_clean]
+            cached = torch.zeros_like(masked).scatter_(1, idx[:, :n_clean], cached_valid)
+        n_pass += 1
         token, probs = choose_tokens(logits, temperature, gen)
         front_sub = torch.gather(front, 1, idx) & valid
         if order == 'random':
@@ -237,7 +259,7 @@ ATTN_METHOD = {'full': 'mdm', 'independent': 'mdm', 'semi_causal': 'latent',
 DECODERS = {
     'mdm': (decode_mdm, dict(order='top_prob', tokens_per_step=1, n_candidates=0, threshold=0.0, temperature=0.0)),
     'latent': (decode_latent, dict(n_latent='all', order='top_prob', tokens_per_step=1, n_candidates=8,
-                                   threshold=0.0, temperature=0.0)),
+                                   threshold=0.0, temperature=0.0, cache_refresh=0)),
     'ar': (decode_ar, dict(temperature=0.0, use_cache=True)),
     'ar_mtp': (decode_ar_mtp, dict(window=-1, temperature=0.0, use_cache=True)),
 }
@@ -304,6 +326,7 @@ class SampleConfig:
     temperature: float = None        # 0 = greedy
     window: int = None               # ar_mtp: latent window (-1 = all)
     use_cache: bool = None           # ar / ar_mtp with a causal prefix
+    cache_refresh: int = None        # latent: keep clean keys/values, recomputed every r passes (0 = off, -1 = never)
     batch_size: int = 256
     device: str = 'auto'
     dtype: str = 'float32'
@@ -311,7 +334,7 @@ class SampleConfig:
 
 
 DECODER_SETTINGS = ('n_latent', 'order', 'n_candidates', 'tokens_per_step', 'threshold', 'temperature',
-                    'window', 'use_cache')
+                    'window', 'use_cache', 'cache_refresh')
 
 
 def decoder_for(ckpt, cfg):

@@ -18,6 +18,7 @@ import copy, dataclasses, math, os, sys, time
 from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 from model import ATTNS, ModelConfig, Transformer, attention_mask
@@ -322,8 +323,13 @@ def bench(cfg, iters=20, rounds=3):
     ids = torch.randint(3, V, (B, T), device=device)
     answer = torch.zeros(B, T, dtype=torch.bool, device=device); answer[:, task.prompt_len + 1:] = True
     gen = torch.Generator(device=device).manual_seed(0)
-    runs = {'plain GPT (causal)': (gpt, lambda m: m(ids, ids.roll(-1, 1))),
-            'ours, causal': (ours, lambda m: m(ids, is_causal=True, targets=ids.roll(-1, 1))[1].mean())}
+    def gpt_with_our_kernel(m):                # like for like: our CPU attention kernel (model.attend)
+        with sdpa_kernel(SDPBackend.MATH):
+            return m(ids, ids.roll(-1, 1))
+    runs = {'plain GPT (causal)': (gpt, lambda m: m(ids, ids.roll(-1, 1)))}
+    if device == 'cpu':
+        runs['plain GPT, math kernel'] = (gpt, gpt_with_our_kernel)
+    runs['ours, causal'] = (ours, lambda m: m(ids, is_causal=True, targets=ids.roll(-1, 1))[1].mean())
     for attn in DIFFUSION_ATTNS:
         runs[f'ours, {attn}'] = (ours, lambda m, c=dataclasses.replace(cfg, attn=attn): diffusion_loss(m, ids, answer, c, gen)[0])
     compiled = {id(m): torch.compile(m) if use_compile else m for m in (ours, gpt)}

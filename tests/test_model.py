@@ -2,7 +2,7 @@
 import itertools
 import pytest
 import torch
-from model import ModelConfig, Transformer, attention_mask
+from model import ModelConfig, Transformer, attend, attention_mask
 
 torch.manual_seed(0)
 V, T = 12, 9
@@ -116,3 +116,33 @@ def test_absolute_positions_follow_position_ids():
     if x[0, 0] != x[0, 3]:
         swapped, _ = model(x2)
         assert not torch.allclose(swapped[0, 5], base[0, 5], atol=1e-4)
+
+
+def test_our_cpu_attention_kernel_equals_the_default_one():
+    """model.attend picks the math kernel on CPU (faster here); it must compute the same thing."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    q, k, v = torch.randn(3, 2, 2, T, 16).unbind(0)
+    mask = attention_mask('semi_causal', MASKED, RANK)                     # [B, T, T]
+    for m, causal in ((mask, False), (None, True), (None, False)):
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            flash = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=None if m is None else m[:, None], is_causal=causal)
+        torch.testing.assert_close(attend(q, k, v, m, causal, 0.0), flash, atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    model, x = tiny(), torch.randint(0, V, (4, T))
+    _, ce32 = model(x, targets=x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        _, ce16 = model(x, targets=x)
+    assert ce16.dtype == torch.float32 and (ce16 - ce32).abs().max() < 0.05 * ce32.abs().max()
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager_on_cpu():
+    """torch.compile (on by default on CUDA) must not change the numbers; checked on CPU (~20 s)."""
+    model, x = tiny(), torch.randint(0, V, (4, T))
+    mask = attention_mask('semi_causal', MASKED.expand(4, T), RANK.expand(4, T))
+    eager, _ = model(x, attn_mask=mask)
+    compiled, _ = torch.compile(model)(x, attn_mask=mask)
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)

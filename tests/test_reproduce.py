@@ -1,6 +1,7 @@
 """reproduce.py --scale=smoke: every table and figure is written with the expected structure.
 (This checks the pipeline, not the scientific outcome.)"""
 import csv, json, subprocess, sys
+from utils import load_checkpoint
 
 
 def test_smoke_reproduction_writes_every_file(tmp_path):
@@ -44,3 +45,13 @@ def test_every_scale_builds_valid_settings():
             get_task(cfg.task, **cfg.task_options)
             objective(cfg)
         assert set(scale['ar_models'].split(',')) <= set(AR_MODELS)
+
+
+def test_cache_benchmark_of_a_latent_checkpoint(trained_semi_causal):
+    from reproduce import bench_cache
+    model, ckpt = load_checkpoint(f'{trained_semi_causal[0]}/out/ckpt.pt')
+    results = bench_cache(model, ckpt, 16, 'cpu', refreshes=(0, 1, 4))
+    assert list(results) == ['k=all r=0', 'k=all r=1', 'k=all r=4', 'k=0 r=0', 'k=0 r=1', 'k=0 r=4']
+    for k in ('all', '0'):                      # r=1 is the uncached sampler; r=4 runs fewer positions
+        assert results[f'k={k} r=1']['accuracy'] == results[f'k={k} r=0']['accuracy']
+        assert results[f'k={k} r=4']['positions_per_sample'] < results[f'k={k} r=0']['positions_per_sample']

@@ -55,8 +55,8 @@ def test_sampler_trimmed_passes_equal_full_untrimmed_passes(k, order, monkeypatc
 
     class Recorder(torch.nn.Module):
         cfg = model.cfg
-        def forward(self, x_sub, pos, attn_mask):
-            logits, _ = model(x_sub, pos=pos, attn_mask=attn_mask)
+        def forward(self, x_sub, pos, attn_mask, cache=None):
+            logits, _ = model(x_sub, pos=pos, attn_mask=attn_mask, cache=cache)
             seen[-1] += (x_sub, pos, logits)
             return logits, None
 
@@ -265,3 +265,39 @@ def test_sampling_at_temperature_follows_the_softmax():
         freq = torch.bincount(token, minlength=6).double() / len(token)
         assert torch.allclose(freq, expect.double(), atol=0.015), (T, freq, expect)
         assert not ((token == MASK) | (token == 2)).any()
+
+
+def sharp_model(n_layer, seed=0):
+    """A random model with weights scaled up, so that attention really mixes positions."""
+    torch.manual_seed(seed)
+    m = Transformer(ModelConfig(vocab_size=len(TASK.vocab), block_size=TASK.seq_len, n_layer=n_layer, n_head=2,
+                                n_embd=32)).eval()
+    with torch.no_grad():
+        for p in m.parameters(): p.mul_(8)
+    return m
+
+
+def decode_both(model, x, order, k, r):
+    run = lambda cache_refresh: decode_latent(model, x, n_latent=k, order=order, cache_refresh=cache_refresh,
+                                              gen=torch.Generator().manual_seed(0))
+    return run(0), run(r)
+
+
+@pytest.mark.parametrize('order,k', [('random', 0), ('top_prob', 0), ('top_prob', 'all')])
+def test_latent_cache_refreshed_every_pass_is_the_uncached_sampler(order, k):
+    (plain, s0), (cached, s1) = decode_both(sharp_model(2), puzzles(16)[1], order, k, r=1)
+    assert torch.equal(plain, cached) and torch.equal(s0['positions'], s1['positions'])
+
+
+@pytest.mark.parametrize('order,k', [('random', 0), ('top_prob', 'all')])
+def test_latent_cache_is_exact_for_one_layer_stale_beyond_and_runs_fewer_positions(order, k):
+    """Layer 1's keys/values come straight from the embeddings, so with one layer a kept clean
+    position never goes stale: any refresh interval gives the uncached answer. With two layers
+    they depend on the other clean positions and go stale: the same check must catch it."""
+    x = puzzles(16)[1]
+    for r in (2, -1):
+        (plain, s0), (cached, s1) = decode_both(sharp_model(1), x, order, k, r)
+        assert torch.equal(plain, cached) and torch.equal(s0['nfe'], s1['nfe'])
+        assert (s1['positions'] < s0['positions']).all()
+    (plain, _), (cached, _) = decode_both(sharp_model(2), x, order, k, -1)
+    assert not torch.equal(plain, cached)
