@@ -10,7 +10,7 @@ position ids (so a forward pass can run on any subset of positions, in any order
 latent sampler needs this), GELU MLP, tied input/output embeddings (fewer parameters for tiny
 vocabularies), no biases. The absolute embeddings matter: in an in-place Sudoku a cell's row,
 column and box are absolute facts, and rotary embeddings alone only give relative offsets.
-Also here: a KV cache for causal decoding.
+Also here: a key/value cache (causal decoding, and the latent sampler's clean positions).
 """
 import math
 from contextlib import nullcontext
@@ -76,7 +76,7 @@ class ModelConfig:
 
 
 def rotary_cos_sin(pos, head_dim, base=10000.0):
-    """RoPE angles pos * theta_k as (cos, sin) [B, 1, T, head_dim/2]: computed once per forward
+    """RoPE angles pos * theta_k as (cos, sin) [B or 1, 1, T, head_dim/2]: computed once per forward
     pass from the position ids (not from the slot index), so any subset of positions in any order
     gets exactly the attention scores it would get in the full sequence."""
     theta = base ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)

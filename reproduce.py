@@ -42,13 +42,16 @@ SMOKE = dict(preset='tiny_test', n_train=500, n_val=16, n_test=32, max_iters=20,
 SCALES = {
     # diffusion: settings of the three sudoku models (C1, C2); ar: settings of the C3 models;
     # ar_models: which C3 models run; n_test: test puzzles per evaluation; ks: the latent sweep;
-    # windows: extra AR+MTP models, one trained per latent window W (a window is fixed in training).
+    # windows: extra AR+MTP models, one trained per latent window W (a window is fixed in training);
+    # scdm (optional): SCDM's settings where they differ from the other two diffusion models.
     'smoke': dict(diffusion=SMOKE,
                   ar=dict(SMOKE, task='path_star', task_options=dict(degree=2, arm_length=3, n_nodes=12)),
                   ar_models='AR,AR+MTP,AR-NTP,AR+MTP causal prefix', n_test=32, ks='0,1,all', windows='2'),
     # cpu: 2 cores. Training is compute-bound there (bf16 autocast and torch.compile were no faster),
     # so the budget is set by the number of tokens. C3 runs on 6x6 Sudoku with the puzzle as a prompt.
+    # SCDM gets twice the steps: it trains every latent count k at once and learns more slowly.
     'cpu': dict(diffusion=dict(task_options=dict(size=6, givens=12), max_iters=800, eval_interval=800, eval_n=100),
+                scdm=dict(max_iters=1600, eval_interval=1600),
                 ar=dict(task='sudoku', task_options=dict(size=6, givens=12, layout='prompt'), max_iters=600,
                         eval_interval=600, eval_n=100),
                 ar_models='AR,AR+MTP,AR-NTP', n_test=300, ks='0,1,2,4,8,16,all', windows=''),
@@ -240,16 +243,18 @@ def main(argv):
                              n=r['n']))
 
         # C1 and C2: three diffusion models on Sudoku, identical but for the attention structure
-        diffusion = {name: run(name, TrainConfig(**{'task': 'sudoku', **scale_settings(scale['diffusion']), 'attn': attn}))
+        diffusion = {} if scale['diffusion'] is None else {name: run(name, TrainConfig(**{'task': 'sudoku', **scale_settings(scale['diffusion']), 'attn': attn,
+                                                    **(scale.get('scdm', {}) if name == 'SCDM' else {})}))
                      for name, attn in DIFFUSION_MODELS.items()}
         for name, (model, ck, task, test) in diffusion.items():
             for order, rule in ORDERS.items():
                 method = ck['decoder']['method']
                 dec = dict(DECODERS[method][1], method=method, **rule)
                 record('C1', name, order, task, evaluate(model, task, test, ck['attn'], dec, device=device))
-        model, ck, task, test = diffusion['SCDM']
-        sweep_latent(model, ck, scale['ks'], [diffusion['MDM'][:2], diffusion['SIDM'][:2]], n_test,
-                     f'{cfg.out}/sweep_latent_seed{seed}', device)
+        if diffusion:
+            model, ck, task, test = diffusion['SCDM']
+            sweep_latent(model, ck, scale['ks'], [diffusion['MDM'][:2], diffusion['SIDM'][:2]], n_test,
+                         f'{cfg.out}/sweep_latent_seed{seed}', device)
         # C3: AR, AR+MTP and the NTP-only ablation, same task and budget; one AR+MTP model per window
         ar_models = {name: AR_MODELS[name] for name in scale['ar_models'].split(',')}
         ar_models.update({f'AR+MTP W={w}': dict(mtp_window=int(w)) for w in filter(None, scale['windows'].split(','))})
@@ -264,11 +269,12 @@ def main(argv):
     summary = {}
     for r in rows:
         summary.setdefault(f'{r["model"]} ({r["decoding"]})', []).append(r['accuracy'])
-    sweeps = [json.load(open(f'{cfg.out}/sweep_latent_seed{s}.json'))['rows'] for s in seeds]
+    sweeps = [json.load(open(f'{cfg.out}/sweep_latent_seed{s}.json'))['rows'] for s in seeds] if scale['diffusion'] else []
     mean = lambda xs: sum(xs) / len(xs)
     dial = [dict(order=row['order'], k=row['k'], per_seed=[s[i]['accuracy'] for s in sweeps],
-                 **{c: mean([s[i][c] for s in sweeps]) for c in COST_COLUMNS}) for i, row in enumerate(sweeps[0])]
-    plot_dial(dial, f'{cfg.out}/dial.png', f'scale {cfg.scale}, mean of seeds {cfg.seeds}, {n_test} test puzzles')
+                 **{c: mean([s[i][c] for s in sweeps]) for c in COST_COLUMNS}) for i, row in enumerate(sweeps[0])] if sweeps else []
+    if dial:
+        plot_dial(dial, f'{cfg.out}/dial.png', f'scale {cfg.scale}, mean of seeds {cfg.seeds}, {n_test} test puzzles')
     out = dict(scale=cfg.scale, seeds=cfg.seeds, wall_clock_minutes=(time.time() - t_start) / 60,
                minutes_per_seed=seed_minutes, settings=scale, n_test=n_test,
                hardware=f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
@@ -289,8 +295,9 @@ def write_table(out_dir):
     for name, m in s['models'].items():
         model, decoding = name.rsplit(' (', 1)
         lines.append(f'| {model} | {decoding[:-1]} | {pct(m["mean"])} | {" / ".join(pct(a) for a in m["per_seed"])} |')
-    lines += ['', '| commit order | latent tokens k | accuracy % (mean) | per seed | positions / puzzle |',
-              '|---|---|---|---|---|']
+    if s['dial']:
+        lines += ['', '| commit order | latent tokens k | accuracy % (mean) | per seed | positions / puzzle |',
+                  '|---|---|---|---|---|']
     for r in s['dial']:
         k = {'full': 'MDM (reference)', 'independent': 'SIDM (reference)'}.get(r['k'], r['k'])
         lines.append(f'| {r["order"]} | {k} | {pct(r["accuracy"])} | {" / ".join(pct(a) for a in r["per_seed"])} | '
