@@ -243,9 +243,12 @@ def main(argv):
                              n=r['n']))
 
         # C1 and C2: three diffusion models on Sudoku, identical but for the attention structure
-        diffusion = {} if scale['diffusion'] is None else {name: run(name, TrainConfig(**{'task': 'sudoku', **scale_settings(scale['diffusion']), 'attn': attn,
-                                                    **(scale.get('scdm', {}) if name == 'SCDM' else {})}))
-                     for name, attn in DIFFUSION_MODELS.items()}
+        # (a scale with diffusion=None runs C3 only)
+        diffusion = {}
+        for name, attn in DIFFUSION_MODELS.items() if scale['diffusion'] is not None else ():
+            differ = scale.get('scdm', {}) if name == 'SCDM' else {}
+            diffusion[name] = run(name, TrainConfig(**{'task': 'sudoku', **scale_settings(scale['diffusion']),
+                                                       'attn': attn, **differ}))
         for name, (model, ck, task, test) in diffusion.items():
             for order, rule in ORDERS.items():
                 method = ck['decoder']['method']
@@ -269,10 +272,10 @@ def main(argv):
     summary = {}
     for r in rows:
         summary.setdefault(f'{r["model"]} ({r["decoding"]})', []).append(r['accuracy'])
-    sweeps = [json.load(open(f'{cfg.out}/sweep_latent_seed{s}.json'))['rows'] for s in seeds] if scale['diffusion'] else []
+    sweeps = [json.load(open(f'{cfg.out}/sweep_latent_seed{s}.json'))['rows'] for s in seeds if diffusion]
     mean = lambda xs: sum(xs) / len(xs)
     dial = [dict(order=row['order'], k=row['k'], per_seed=[s[i]['accuracy'] for s in sweeps],
-                 **{c: mean([s[i][c] for s in sweeps]) for c in COST_COLUMNS}) for i, row in enumerate(sweeps[0])] if sweeps else []
+                 **{c: mean([s[i][c] for s in sweeps]) for c in COST_COLUMNS}) for i, row in enumerate(sweeps[0] if sweeps else [])]
     if dial:
         plot_dial(dial, f'{cfg.out}/dial.png', f'scale {cfg.scale}, mean of seeds {cfg.seeds}, {n_test} test puzzles')
     out = dict(scale=cfg.scale, seeds=cfg.seeds, wall_clock_minutes=(time.time() - t_start) / 60,

@@ -55,3 +55,14 @@ def test_cache_benchmark_of_a_latent_checkpoint(trained_semi_causal):
     for k in ('all', '0'):                      # r=1 is the uncached sampler; r=4 runs fewer positions
         assert results[f'k={k} r=1']['accuracy'] == results[f'k={k} r=0']['accuracy']
         assert results[f'k={k} r=4']['positions_per_sample'] < results[f'k={k} r=0']['positions_per_sample']
+
+
+def test_a_scale_without_diffusion_models_runs_c3_only(tmp_path, monkeypatch):
+    import reproduce
+    monkeypatch.setitem(reproduce.SCALES, 'c3_only', dict(reproduce.SCALES['smoke'], diffusion=None, ar_models='AR',
+                                                         windows='', n_test=8))
+    reproduce.main(['--scale=c3_only', '--seeds=0', f'--out={tmp_path}'])
+    rows = list(csv.DictReader(open(tmp_path / 'models.csv')))
+    assert [(r['finding'], r['model']) for r in rows] == [('C3', 'AR')]
+    summary = json.load(open(tmp_path / 'summary.json'))
+    assert summary['dial'] == [] and 'AR (left_to_right)' in summary['models']
