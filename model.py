@@ -91,14 +91,18 @@ def rotary(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
 
 
-def attend(q, k, v, attn_mask, is_causal, dropout_p):
-    """Scaled dot-product attention. On CPU we pick PyTorch's math kernel (softmax(q k^T / sqrt(d))
-    v, written out): for the short sequences here it trains about 1.8x faster than the CPU flash
-    kernel PyTorch picks by default (`python train_mdlm.py --bench` measures both). On GPUs,
+def attention_kernel(device):
+    """Which scaled-dot-product kernel to use. On CPU, PyTorch's math kernel (softmax(q k^T /
+    sqrt(d)) v, written out): for the short sequences here it trains about 1.8x faster than the CPU
+    flash kernel PyTorch picks by default (`python train_mdlm.py --bench` measures both). On GPUs,
     PyTorch's own choice (flash / memory-efficient kernels)."""
+    return sdpa_kernel(SDPBackend.MATH) if device.type == 'cpu' else nullcontext()
+
+
+def attend(q, k, v, attn_mask, is_causal, dropout_p):
     if attn_mask is not None:
         attn_mask = attn_mask[:, None]                    # one mask for every head
-    with sdpa_kernel(SDPBackend.MATH) if q.device.type == 'cpu' else nullcontext():
+    with attention_kernel(q.device):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p)
 
 

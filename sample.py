@@ -146,9 +146,9 @@ def decode_latent(model, x, n_latent=0, order='random', tokens_per_step=1, n_can
         k = (remaining - n_front).clamp(min=0) if k_all else torch.full_like(remaining, int(n_latent))
         front = masked & (slot < n_front)
         latent = masked & (slot >= n_front) & (slot < n_front + k[:, None])
-        refresh = cache_refresh != 0 and (cache is None or (cache_refresh > 0 and n_pass % cache_refresh == 0))
-        use_cache = cache_refresh != 0 and not refresh
-        clean = ~masked & ~cached if use_cache else ~masked       # the clean positions this pass runs
+        refresh = cache_refresh != 0 and (n_pass == 0 or (cache_refresh > 0 and n_pass % cache_refresh == 0))
+        reuse = cache_refresh != 0 and not refresh
+        clean = ~masked & ~cached if reuse else ~masked           # the clean positions this pass runs
         # EXERCISE 3: trim the pass to clean + L + D. idx [B, T'] the kept positions of each row,
         # clean ones first, padded to the longest row; valid [B, T'] False on the padding
         keep = clean | front | latent
@@ -164,7 +164,7 @@ def decode_latent(model, x, n_latent=0, order='random', tokens_per_step=1, n_can
         # a padding query may see nothing at all, and attention over no key gives NaN: let every
         # query see itself (padding outputs are never used; real queries already see themselves)
         attn_mask |= torch.eye(idx.shape[1], dtype=torch.bool, device=dev)
-        if use_cache:                 # every query also sees the kept clean keys (clean sees clean)
+        if reuse:                     # every query also sees the kept clean keys (clean sees clean)
             attn_mask = torch.cat([cached_valid[:, None, :].expand(-1, idx.shape[1], -1), attn_mask], 2)
         elif refresh:
             cache = KVCache(model.cfg.n_layer)

@@ -49,7 +49,7 @@ def test_every_scale_builds_valid_settings():
 
 def test_cache_benchmark_of_a_latent_checkpoint(trained_semi_causal):
     from reproduce import bench_cache
-    model, ckpt = load_checkpoint(f'{trained_semi_causal[0]}/out/ckpt.pt')
+    model, ckpt = load_checkpoint(f'{trained_semi_causal}/out/ckpt.pt')
     results = bench_cache(model, ckpt, 16, 'cpu', refreshes=(0, 1, 4))
     assert list(results) == ['k=all r=0', 'k=all r=1', 'k=all r=4', 'k=0 r=0', 'k=0 r=1', 'k=0 r=4']
     for k in ('all', '0'):                      # r=1 is the uncached sampler; r=4 runs fewer positions

@@ -15,9 +15,15 @@ TASK = get_task('sudoku', size=4, givens=6)
 TASK9 = get_task('sudoku', size=9)
 
 
-def tiny_model(seed=0):
+def tiny_model(seed=0, n_layer=2, sharp=False):
+    """sharp: weights scaled up 8x, so that attention really mixes positions (cache staleness shows)."""
     torch.manual_seed(seed)
-    return Transformer(ModelConfig(vocab_size=len(TASK.vocab), block_size=TASK.seq_len, n_layer=2, n_head=2, n_embd=32)).eval()
+    m = Transformer(ModelConfig(vocab_size=len(TASK.vocab), block_size=TASK.seq_len, n_layer=n_layer, n_head=2,
+                                n_embd=32)).eval()
+    if sharp:
+        with torch.no_grad():
+            for p in m.parameters(): p.mul_(8)
+    return m
 
 
 def puzzles(n, seed=0):
@@ -97,14 +103,9 @@ def test_rows_with_different_numbers_of_masked_positions():
     assert stats['nfe'].tolist() == [10, 7] and (out != MASK).all()
 
 
-@pytest.fixture(scope='module')
-def trained(trained_semi_causal):
-    return trained_semi_causal[0]
-
-
-def test_evaluation_accuracy_matches_the_verifier(trained):
+def test_evaluation_accuracy_matches_the_verifier(trained_semi_causal):
     from utils import load_checkpoint
-    model, ckpt = load_checkpoint(f'{trained}/out/ckpt.pt')
+    model, ckpt = load_checkpoint(f'{trained_semi_causal}/out/ckpt.pt')
     ex = generate(TASK, 64, seed=5, workers=1)
     r = evaluate(model, TASK, ex, 'semi_causal', None, return_answers=True)
     by_hand = sum(TASK.verify(p, a) for (p, _), a in zip(ex, r['answers']))
@@ -115,12 +116,12 @@ def run(*args):
     return subprocess.run([sys.executable, 'sample.py', *args], capture_output=True, text=True)
 
 
-def test_file_input_is_solved_and_written_in_the_same_format(trained, tmp_path):
+def test_file_input_is_solved_and_written_in_the_same_format(trained_semi_causal, tmp_path):
     ex = generate(TASK, 20, seed=9, workers=1)
     src = tmp_path / 'puzzles.txt'
     src.write_text(''.join(p.replace('.', '0') + '\n' for p, _ in ex))    # no solutions, '0' blanks
     out = tmp_path / 'answers.txt'
-    r = run(f'--ckpt={trained}/out/ckpt.pt', f'--input={src}', f'--output={out}', '--n_latent=all')
+    r = run(f'--ckpt={trained_semi_causal}/out/ckpt.pt', f'--input={src}', f'--output={out}', '--n_latent=all')
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     lines = out.read_text().splitlines()
@@ -181,8 +182,8 @@ def test_latent_sampler_with_a_threshold_finishes(threshold):
         decode_latent(model, x, order='random', threshold=threshold)
 
 
-def test_bad_input_gives_one_clear_error(trained, tmp_path):
-    ck = f'--ckpt={trained}/out/ckpt.pt'
+def test_bad_input_gives_one_clear_error(trained_semi_causal, tmp_path):
+    ck = f'--ckpt={trained_semi_causal}/out/ckpt.pt'
     bad_file = tmp_path / 'nine.txt'
     bad_file.write_text('.' * 81 + '\n')
     cases = [(['--ckpt=/nope.pt'], 'does not exist'),
@@ -267,16 +268,6 @@ def test_sampling_at_temperature_follows_the_softmax():
         assert not ((token == MASK) | (token == 2)).any()
 
 
-def sharp_model(n_layer, seed=0):
-    """A random model with weights scaled up, so that attention really mixes positions."""
-    torch.manual_seed(seed)
-    m = Transformer(ModelConfig(vocab_size=len(TASK.vocab), block_size=TASK.seq_len, n_layer=n_layer, n_head=2,
-                                n_embd=32)).eval()
-    with torch.no_grad():
-        for p in m.parameters(): p.mul_(8)
-    return m
-
-
 def decode_both(model, x, order, k, r):
     run = lambda cache_refresh: decode_latent(model, x, n_latent=k, order=order, cache_refresh=cache_refresh,
                                               gen=torch.Generator().manual_seed(0))
@@ -285,7 +276,7 @@ def decode_both(model, x, order, k, r):
 
 @pytest.mark.parametrize('order,k', [('random', 0), ('top_prob', 0), ('top_prob', 'all')])
 def test_latent_cache_refreshed_every_pass_is_the_uncached_sampler(order, k):
-    (plain, s0), (cached, s1) = decode_both(sharp_model(2), puzzles(16)[1], order, k, r=1)
+    (plain, s0), (cached, s1) = decode_both(tiny_model(n_layer=2, sharp=True), puzzles(16)[1], order, k, r=1)
     assert torch.equal(plain, cached) and torch.equal(s0['positions'], s1['positions'])
 
 
@@ -296,8 +287,8 @@ def test_latent_cache_is_exact_for_one_layer_stale_beyond_and_runs_fewer_positio
     they depend on the other clean positions and go stale: the same check must catch it."""
     x = puzzles(16)[1]
     for r in (2, -1):
-        (plain, s0), (cached, s1) = decode_both(sharp_model(1), x, order, k, r)
+        (plain, s0), (cached, s1) = decode_both(tiny_model(n_layer=1, sharp=True), x, order, k, r)
         assert torch.equal(plain, cached) and torch.equal(s0['nfe'], s1['nfe'])
         assert (s1['positions'] < s0['positions']).all()
-    (plain, _), (cached, _) = decode_both(sharp_model(2), x, order, k, -1)
+    (plain, _), (cached, _) = decode_both(tiny_model(n_layer=2, sharp=True), x, order, k, -1)
     assert not torch.equal(plain, cached)
