@@ -18,7 +18,7 @@ from utils import parse_settings
 EXERCISES = {
     1: ('semi-causal attention', 'model.py: attention_mask',
         'clean queries see clean keys; a masked query i sees clean keys, itself, and the masked j '
-        'with rank[j] < rank[i]. Build it from clean_k, masked_q, self_ and rank.',
+        'with rank[j] < rank[i]. Build `mask` from clean_k, masked_q, self_ and rank.',
         'tests/test_model.py passes for semi_causal; `python train_mdlm.py` (SCDM) reaches 88.5% '
         'val solve accuracy on 6x6 Sudoku in about 4 minutes on 2 CPU cores', ()),
     2: ('the MDLM loss', 'train_mdlm.py: mdlm_loss',

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-ATTNS = ('full', 'independent', 'semi_causal', 'causal', 'prefix', 'causal_prefix')
+ATTNS = ('full', 'independent', 'semi_causal', 'semi_causal_ordered', 'causal', 'prefix', 'causal_prefix')
 
 
 def attention_mask(attn, masked=None, rank=None, window=None):
@@ -29,7 +29,8 @@ def attention_mask(attn, masked=None, rank=None, window=None):
 
     masked [B, T] bool: the MASK positions (M); the others are clean (C).
     rank   [B, T] float: order of the masked positions (semi_causal: any random numbers;
-           prefix: the distance from the cut, 0, 1, 2, ...).
+           prefix: the distance from the cut, 0, 1, 2, ...); semi_causal_ordered also orders the
+           clean positions (the order they were decoded in; the givens lowest).
 
       full          everyone sees everyone                       (MDM, joint prediction)
       independent   clean -> clean;  masked i -> clean + i        (SIDM, no latent tokens)
@@ -37,6 +38,9 @@ def attention_mask(attn, masked=None, rank=None, window=None):
                     (SCDM: a random rank per position trains every latent count at once. Equal
                     ranks do not see each other: the sampler uses this to score candidates that
                     all see the same latents.)
+      semi_causal_ordered  as semi_causal, but clean i -> clean j only with rank[j] <= rank[i]
+                    (ours: a clean position never sees one decoded after it, so its keys/values
+                    never change once computed, and the sampler's cache of them is exact)
       causal        j <= i                                        (AR)
       prefix        clean + the first `window` masked positions see each other; masked
                     positions beyond the window are seen by no one (AR+MTP, the paper's form)
@@ -50,11 +54,14 @@ def attention_mask(attn, masked=None, rank=None, window=None):
     self_ = torch.eye(T, dtype=torch.bool, device=masked.device)[None]
     if attn == 'independent':
         return clean_k | (masked_q & self_)
-    if attn == 'semi_causal':
+    if attn in ('semi_causal', 'semi_causal_ordered'):
         # EXERCISE 1: semi-causal attention
         lower = rank[:, None, :] < rank[:, :, None]
-        return clean_k | self_ | (masked_q & masked[:, None, :] & lower)
+        mask = clean_k | self_ | (masked_q & masked[:, None, :] & lower)
         # END EXERCISE 1
+        if attn == 'semi_causal_ordered':
+            mask = mask & (masked_q | (rank[:, None, :] <= rank[:, :, None]))
+        return mask
     if attn in ('prefix', 'causal_prefix'):
         in_window = masked & (rank < (window if window and window > 0 else T))
         visible_k = (~masked | in_window)[:, None, :]

@@ -211,8 +211,8 @@ def main(argv):
                 raise SystemExit(f'error: --sweep_threshold needs a diffusion checkpoint; {cfg.ckpt} is {ckpt["attn"]!r}')
             return sweep_threshold(model, ckpt, cfg.sweep_threshold, cfg.n,
                                    os.path.join(os.path.dirname(cfg.ckpt), 'sweep_threshold'), device)
-        if ckpt['attn'] != 'semi_causal':
-            raise SystemExit(f'error: --sweep_latent needs a semi_causal checkpoint; {cfg.ckpt} is {ckpt["attn"]!r}')
+        if ckpt['attn'] not in ('semi_causal', 'semi_causal_ordered'):
+            raise SystemExit(f'error: --sweep_latent needs a semi_causal(_ordered) checkpoint; {cfg.ckpt} is {ckpt["attn"]!r}')
         refs = [load_checkpoint(p, device) for p in filter(None, cfg.ref_ckpts.split(','))]
         if any(r[1]['task_config'] != ckpt['task_config'] or r[1]['attn'] not in ('full', 'independent') for r in refs):
             raise SystemExit('error: --ref_ckpts must be full or independent models of the same task')
@@ -224,7 +224,7 @@ def main(argv):
     scale = SCALES[cfg.scale]
     n_test, seeds = scale['n_test'], [int(s) for s in cfg.seeds.split(',')]
     os.makedirs(cfg.out, exist_ok=True)
-    t_start, rows, seed_minutes = time.time(), [], []
+    t_start, rows, seed_minutes, train_minutes = time.time(), [], [], {}
     for seed in seeds:
         t_seed = time.time()
         ckpt_path = lambda name: f'{cfg.out}/ckpt/{name}_seed{seed}/ckpt.pt'
@@ -234,7 +234,9 @@ def main(argv):
             return it, its checkpoint, its task and its first n_test test puzzles."""
             c = dataclasses.replace(c, seed=seed, device=cfg.device, out_dir=os.path.dirname(ckpt_path(name)),
                                     resume=os.path.exists(ckpt_path(name)))
+            t_train = time.time()
             model, ck = load_checkpoint(train(c, *objective_, quiet=cfg.scale == 'smoke')[1], device)
+            train_minutes.setdefault(name, []).append((time.time() - t_train) / 60)   # where the budget goes
             return (model, ck, *checkpoint_examples(ck, 'test', n_test))
 
         def record(finding, name, decoding, task, r):
@@ -279,7 +281,7 @@ def main(argv):
     if dial:
         plot_dial(dial, f'{cfg.out}/dial.png', f'scale {cfg.scale}, mean of seeds {cfg.seeds}, {n_test} test puzzles')
     out = dict(scale=cfg.scale, seeds=cfg.seeds, wall_clock_minutes=(time.time() - t_start) / 60,
-               minutes_per_seed=seed_minutes, settings=scale, n_test=n_test,
+               minutes_per_seed=seed_minutes, training_minutes_per_seed=train_minutes, settings=scale, n_test=n_test,
                hardware=f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
                         f'{torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"}',
                models={k: dict(mean=mean(v), min=min(v), max=max(v), per_seed=v) for k, v in summary.items()},
@@ -295,6 +297,11 @@ def write_table(out_dir):
     lines = [f'Scale `{s["scale"]}`, seeds {s["seeds"]}, {s["n_test"]} test puzzles per model, '
              f'{s["wall_clock_minutes"]:.0f} minutes on {s["hardware"]}.', '',
              '| model | decoding | accuracy % (mean) | per seed |', '|---|---|---|---|']
+    if s.get('training_minutes_per_seed'):
+        mins = s['training_minutes_per_seed']
+        lines[1:1] = ['', f'Minutes per seed (mean): {sum(s["minutes_per_seed"]) / len(s["minutes_per_seed"]):.1f}, '
+                      'of which training ' + ', '.join(f'{name} {sum(m) / len(m):.1f}' for name, m in mins.items())
+                      + '; the rest is evaluation.']
     for name, m in s['models'].items():
         model, decoding = name.rsplit(' (', 1)
         lines.append(f'| {model} | {decoding[:-1]} | {pct(m["mean"])} | {" / ".join(pct(a) for a in m["per_seed"])} |')

@@ -106,9 +106,9 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
 
 
 @torch.no_grad()
-def decode_latent(model, x, n_latent=0, order='random', tokens_per_step=1, n_candidates=8, threshold=0.0,
-                  temperature=0.0, cache_refresh=0, gen=None, trace=None):
-    """The latent-token sampler for a semi_causal model. Each step, per row:
+def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', tokens_per_step=1, n_candidates=8,
+                  threshold=0.0, temperature=0.0, cache_refresh=0, gen=None, trace=None):
+    """The latent-token sampler for a semi_causal (or semi_causal_ordered) model. Each step, per row:
       order='random' (the paper's uniform order): D = tokens_per_step random masked positions,
                   L = n_latent others at random;
       order='top_prob' (or margin, entropy): L = n_latent random masked positions, candidates C =
@@ -126,7 +126,11 @@ def decode_latent(model, x, n_latent=0, order='random', tokens_per_step=1, n_can
     cache_refresh=r > 0, a pass that runs every clean position (every r-th pass) keeps their
     keys/values; the passes in between run only the positions committed since, L and D (or C),
     against those kept keys/values, which miss what the newer tokens would have changed.
-    0 = no cache (exact); -1 = keys/values of the first pass kept to the end."""
+    0 = no cache (exact); -1 = keys/values of the first pass kept to the end.
+    A semi_causal_ordered model (ours) ranks clean positions by when they were decoded (givens
+    first), and a clean position sees only those ranked no later: nothing decoded later changes
+    its keys/values, so with any cache_refresh != 0 each pass appends the keys/values of the
+    clean positions it ran to the cache, never recomputes them, and the cache is exact."""
     if order == 'random' and threshold > 0:
         raise ValueError('a threshold needs a confidence order (top_prob, margin, entropy), not random')
     x = x.clone()
@@ -134,6 +138,8 @@ def decode_latent(model, x, n_latent=0, order='random', tokens_per_step=1, n_can
     dev = x.device
     nfe = torch.zeros(B, device=dev); positions = torch.zeros(B, device=dev)
     cache, cached, cached_valid, n_pass = None, None, None, 0   # cached [B, T]: positions whose keys/values are kept
+    ordered = attn == 'semi_causal_ordered'
+    decoded_rank = torch.full((B, T), -1.0, device=dev)     # semi_causal_ordered: givens -1, then pass number
     while True:
         masked = x == MASK
         remaining = masked.sum(1)
@@ -146,7 +152,8 @@ def decode_latent(model, x, n_latent=0, order='random', tokens_per_step=1, n_can
         k = (remaining - n_front).clamp(min=0) if k_all else torch.full_like(remaining, int(n_latent))
         front = masked & (slot < n_front)
         latent = masked & (slot >= n_front) & (slot < n_front + k[:, None])
-        refresh = cache_refresh != 0 and (n_pass == 0 or (cache_refresh > 0 and n_pass % cache_refresh == 0))
+        refresh = cache_refresh != 0 and (n_pass == 0 or (cache_refresh > 0 and not ordered
+                                                          and n_pass % cache_refresh == 0))
         reuse = cache_refresh != 0 and not refresh
         clean = ~masked & ~cached if reuse else ~masked           # the clean positions this pass runs
         # EXERCISE 3: trim the pass to clean + L + D. idx [B, T'] the kept positions of each row,
@@ -158,9 +165,9 @@ def decode_latent(model, x, n_latent=0, order='random', tokens_per_step=1, n_can
         # END EXERCISE 3
         x_sub = torch.gather(x, 1, idx)
         masked_sub = torch.gather(masked, 1, idx) & valid
-        rank_sub = torch.gather(torch.where(latent, torch.rand(B, T, generator=gen, device=dev),
-                                            torch.full((B, T), 2.0, device=dev)), 1, idx)
-        attn_mask = attention_mask('semi_causal', masked_sub, rank_sub) & valid[:, None, :]
+        rank = torch.where(latent, torch.rand(B, T, generator=gen, device=dev), torch.full((B, T), 2.0, device=dev))
+        rank_sub = torch.gather(torch.where(masked, rank, decoded_rank), 1, idx)   # clean ranks: ordered only
+        attn_mask = attention_mask(attn, masked_sub, rank_sub) & valid[:, None, :]
         # a padding query may see nothing at all, and attention over no key gives NaN: let every
         # query see itself (padding outputs are never used; real queries already see themselves)
         attn_mask |= torch.eye(idx.shape[1], dtype=torch.bool, device=dev)
@@ -169,11 +176,13 @@ def decode_latent(model, x, n_latent=0, order='random', tokens_per_step=1, n_can
         elif refresh:
             cache = KVCache(model.cfg.n_layer)
         logits, _ = model(x_sub, pos=idx, attn_mask=attn_mask, cache=cache)
-        if refresh:                   # keep the clean positions' keys/values (they come first)
-            n_clean = int((~masked).sum(1).max())
+        if refresh or (reuse and ordered):   # keep the keys/values of the clean positions run (first in idx)
+            n_clean = int(clean.sum(1).max())
             cache.commit(n_clean)
-            cached_valid = torch.gather(~masked, 1, idx[:, :n_clean]) & valid[:, :n_clean]
-            cached = torch.zeros_like(masked).scatter_(1, idx[:, :n_clean], cached_valid)
+            kept = torch.gather(clean, 1, idx[:, :n_clean]) & valid[:, :n_clean]
+            now_kept = torch.zeros_like(masked).scatter_(1, idx[:, :n_clean], kept)
+            cached_valid = kept if refresh else torch.cat([cached_valid, kept], 1)
+            cached = now_kept if refresh else cached | now_kept
         n_pass += 1
         token, probs = choose_tokens(logits, temperature, gen)
         front_sub = torch.gather(front, 1, idx) & valid
@@ -186,6 +195,8 @@ def decode_latent(model, x, n_latent=0, order='random', tokens_per_step=1, n_can
         if trace is not None:                              # for --show: what this step did
             trace.append(dict(latent=latent[0].clone(), commit=commit[0].clone(), x=x[0].clone()))
         x = torch.where(commit, new, x)
+        if ordered:   # distinct ranks within a pass too: in training no two clean positions share one
+            decoded_rank = torch.where(commit, n_pass + torch.rand(B, T, generator=gen, device=dev), decoded_rank)
         nfe += active; positions += active * valid.sum(1)
     return x, dict(nfe=nfe, positions=positions)
 
@@ -254,7 +265,7 @@ def decode_ar_mtp(model, x, attn='prefix', window=-1, temperature=0.0, use_cache
 # One table: how a model with each attention structure is decoded, and the default settings of
 # each decoder (what training evaluates with). Command-line settings override them.
 
-ATTN_METHOD = {'full': 'mdm', 'independent': 'mdm', 'semi_causal': 'latent',
+ATTN_METHOD = {'full': 'mdm', 'independent': 'mdm', 'semi_causal': 'latent', 'semi_causal_ordered': 'latent',
                'causal': 'ar', 'prefix': 'ar_mtp', 'causal_prefix': 'ar_mtp'}
 DECODERS = {
     'mdm': (decode_mdm, dict(order='top_prob', tokens_per_step=1, n_candidates=0, threshold=0.0, temperature=0.0)),
@@ -280,7 +291,7 @@ def evaluate(model, task, examples, attn, decoder=None, batch_size=256, device='
     decoder = dict(decoder or default_decoder(attn))
     method = decoder.pop('method')
     fn = DECODERS[method][0]
-    if method in ('mdm', 'ar_mtp'): decoder['attn'] = attn
+    if method != 'ar': decoder['attn'] = attn
     gen = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
@@ -357,14 +368,14 @@ def decoder_for(ckpt, cfg):
     return decoder
 
 
-def show(model, task, problem, decoder, device):
+def show(model, task, problem, attn, decoder, device):
     """Print one example being decoded step by step: '*' latent cells, '.' other masked cells."""
     if decoder['method'] != 'latent':
         raise SystemExit('error: --show draws the latent sampler; use a semi_causal checkpoint')
     x = torch.from_numpy(task.encode(problem)[0])[None].to(device)
     trace = []
     settings = {k: v for k, v in decoder.items() if k != 'method'}
-    out, _ = decode_latent(model, x, trace=trace, gen=torch.Generator(device=device).manual_seed(0), **settings)
+    out, _ = decode_latent(model, x, attn, trace=trace, gen=torch.Generator(device=device).manual_seed(0), **settings)
     start = task.prompt_len + 1
     for step, t in enumerate(trace):
         now = t['x'].clone(); now[t['commit']] = out[0][t['commit']]
@@ -414,7 +425,7 @@ def main(argv):
     decoder = decoder_for(ckpt, cfg)
     examples = load_examples(task, ckpt, cfg)
     if cfg.show:
-        return show(model, task, examples[0][0], decoder, device)
+        return show(model, task, examples[0][0], ckpt['attn'], decoder, device)
     result = evaluate(model, task, examples, ckpt['attn'], decoder, cfg.batch_size, device, cfg.dtype, cfg.seed,
                       return_answers=True)
     answers, valid = result.pop('answers'), result.pop('valid')

@@ -38,7 +38,7 @@ class TrainConfig:
     data_seed: int = 0
     data_dir: str = 'data'
     # model
-    attn: str = 'semi_causal'         # full (MDM) | independent (SIDM) | semi_causal (SCDM)
+    attn: str = 'semi_causal'         # full (MDM) | independent (SIDM) | semi_causal (SCDM) | semi_causal_ordered
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
@@ -72,7 +72,7 @@ class TrainConfig:
     seed: int = 0
 
 
-DIFFUSION_ATTNS = ('full', 'independent', 'semi_causal')
+DIFFUSION_ATTNS = ('full', 'independent', 'semi_causal', 'semi_causal_ordered')
 TASK_OPTIONS = sorted({p for name in TASKS for p in task_options(name)})
 
 
@@ -112,7 +112,9 @@ def diffusion_loss(model, ids, answer_mask, cfg, gen, rows=slice(None)):
     u = (torch.rand(1, generator=gen, device=ids.device) + torch.arange(B, device=ids.device) / B) % 1
     t = cfg.eps + (1 - cfg.eps) * u                          # stratified t: lower variance
     masked = answer_mask & (torch.rand(B, T, generator=gen, device=ids.device) < t[:, None])
-    rank = torch.rand(B, T, generator=gen, device=ids.device)  # only used by semi_causal
+    rank = torch.rand(B, T, generator=gen, device=ids.device)  # only used by semi_causal(_ordered)
+    if cfg.attn == 'semi_causal_ordered':          # the givens come before every decoded position
+        rank = rank.masked_fill(~answer_mask, -1.0)
     ids, answer_mask, masked, rank, t = ids[rows], answer_mask[rows], masked[rows], rank[rows], t[rows]
     x_t = ids.masked_fill(masked, MASK)
     _, ce = model(x_t, attn_mask=attention_mask(cfg.attn, masked, rank), targets=ids)

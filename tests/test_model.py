@@ -26,10 +26,12 @@ def influence(model, x, mask, is_causal=False):
 
 MASKED = torch.tensor([[0, 0, 1, 1, 0, 1, 1, 1, 0]], dtype=torch.bool)
 RANK = torch.tensor([[0.0, 0.0, 0.7, 0.1, 0.0, 0.9, 0.3, 0.5, 0.0]])
+# semi_causal_ordered also ranks the clean positions: two givens (-1), then decoded in order 4, 1
+ORDERED_RANK = torch.tensor([[-1.0, 2.6, 0.7, 0.1, 1.2, 0.9, 0.3, 0.5, -1.0]])
 
 
 def expected(structure, window=None):
-    m, r = MASKED[0], RANK[0]
+    m, r = MASKED[0], (ORDERED_RANK if structure == 'semi_causal_ordered' else RANK)[0]
     allow = torch.zeros(T, T, dtype=torch.bool)
     order = {i: k for k, i in enumerate(torch.nonzero(m).flatten().tolist())}   # prefix: distance from cut
     for i, j in itertools.product(range(T), range(T)):
@@ -38,6 +40,8 @@ def expected(structure, window=None):
         elif structure == 'independent': allow[i, j] = (not m[j]) or i == j
         elif structure == 'semi_causal':
             allow[i, j] = (not m[j]) or i == j or (m[i] and r[j] < r[i])
+        elif structure == 'semi_causal_ordered':     # as above, but clean sees clean decoded no later
+            allow[i, j] = i == j or (m[i] and (not m[j] or r[j] < r[i])) or (not m[i] and not m[j] and r[j] <= r[i])
         else:
             in_w = lambda p: (not m[p]) or order[p] < window
             if structure == 'prefix': allow[i, j] = i == j or (in_w(i) and in_w(j))
@@ -47,11 +51,11 @@ def expected(structure, window=None):
 
 
 @pytest.mark.parametrize('structure', ['full', 'causal', 'independent', pytest.param('semi_causal', marks=pytest.mark.exercise(1)),
-                                       'prefix', 'causal_prefix'])
+                                       'semi_causal_ordered', 'prefix', 'causal_prefix'])
 def test_each_query_sees_exactly_what_its_structure_allows(structure):
     model = tiny()
     x = torch.randint(3, V, (1, T))
-    rank = RANK
+    rank = ORDERED_RANK if structure == 'semi_causal_ordered' else RANK
     if structure in ('prefix', 'causal_prefix'):
         rank = torch.cumsum(MASKED.float(), 1) - 1               # 0, 1, 2, ... from the first masked
     mask = attention_mask(structure, MASKED, rank, window=2)

@@ -268,8 +268,8 @@ def test_sampling_at_temperature_follows_the_softmax():
         assert not ((token == MASK) | (token == 2)).any()
 
 
-def decode_both(model, x, order, k, r):
-    run = lambda cache_refresh: decode_latent(model, x, n_latent=k, order=order, cache_refresh=cache_refresh,
+def decode_both(model, x, order, k, r, attn='semi_causal'):
+    run = lambda cache_refresh: decode_latent(model, x, attn, n_latent=k, order=order, cache_refresh=cache_refresh,
                                               gen=torch.Generator().manual_seed(0))
     return run(0), run(r)
 
@@ -292,3 +292,21 @@ def test_latent_cache_is_exact_for_one_layer_stale_beyond_and_runs_fewer_positio
         assert (s1['positions'] < s0['positions']).all()
     (plain, _), (cached, _) = decode_both(tiny_model(n_layer=2, sharp=True), x, order, k, -1)
     assert not torch.equal(plain, cached)
+
+
+@pytest.mark.parametrize('order,k', [('random', 0), ('top_prob', 0), ('top_prob', 'all')])
+def test_ordered_variant_cache_is_exact_at_any_refresh_and_each_clean_position_runs_once(order, k):
+    """semi_causal_ordered: a clean position sees only clean positions decoded no later, so its
+    keys/values never change and the appended cache gives the uncached answer with two layers
+    (where the paper's semi_causal cache goes stale, test above); every clean position is run
+    exactly once: positions = the clean count + per pass the new token, L and D."""
+    model, x = tiny_model(n_layer=2, sharp=True), puzzles(16)[1]
+    for r in (1, 4, -1):
+        (plain, s0), (cached, s1) = decode_both(model, x, order, k, r, attn='semi_causal_ordered')
+        assert torch.equal(plain, cached) and torch.equal(s0['nfe'], s1['nfe'])
+        assert (s1['positions'] < s0['positions']).all()
+    if k == 0:
+        n_clean, n_masked = (x != MASK).sum(1), (x == MASK).sum(1)
+        front = 1 if order == 'random' else 8
+        runs = sum((n_masked - p).clamp(0, front) for p in range(int(n_masked.max())))   # D or C per pass
+        assert torch.equal(s1['positions'], (n_clean + n_masked - 1 + runs).float())

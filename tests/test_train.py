@@ -110,3 +110,18 @@ def test_mask_all_puts_every_position_in_the_loss(tmp_path):
     seen.clear()
     train(tiny(tmp_path / 'b', max_iters=1, eval_interval=1, eval_n=4), loss_fn=spy, quiet=True)
     assert all(not m.all() for m in seen)                   # the givens stay out of the loss
+
+
+def test_ordered_variant_ranks_the_givens_below_every_answer_cell(monkeypatch):
+    """semi_causal_ordered trains with the givens at rank -1 (decoded first) and the answer cells
+    at random ranks in [0, 1): the order in which the sampler will have decoded them."""
+    import train_mdlm
+    seen = []
+    real = train_mdlm.attention_mask
+    monkeypatch.setattr(train_mdlm, 'attention_mask', lambda attn, masked, rank: seen.append(rank) or real(attn, masked, rank))
+    ids = torch.randint(3, 7, (64, 20))
+    answer = torch.zeros(64, 20, dtype=torch.bool); answer[:, 5:] = True
+    diffusion_loss(Uniform(), ids, answer, TrainConfig(attn='semi_causal_ordered'), torch.Generator().manual_seed(0))
+    rank = seen[0]
+    assert (rank[~answer] == -1).all() and (rank[answer] >= 0).all() and (rank[answer] < 1).all()
+    assert len(set(rank[answer].tolist())) == int(answer.sum())          # no ties among answer cells
