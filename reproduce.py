@@ -174,8 +174,9 @@ def sweep_threshold(model, ckpt, taus, n_test, prefix, device):
 def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 4, 8, -1)):
     """Cached vs uncached decoding of one checkpoint, in one run: ratios, not times.
     AR / AR+MTP: use_cache on and off (exact). Latent sampler: k = 0 and k = all, each with the
-    clean-position cache off (r = 0) and refreshed every r passes (-1: never); times are given
-    against uncached k = all."""
+    clean-position cache off (r = 0) and refreshed every r passes (-1: never; a
+    semi_causal_ordered checkpoint's cache is exact and never refreshed, whatever r); times are
+    given against uncached k = all."""
     task, examples = checkpoint_examples(ckpt, 'test', n)
     if ckpt['decoder']['method'] == 'latent':
         runs = {f'k={k} r={"never" if r == -1 else r}': dict(n_latent=k, cache_refresh=r)
