@@ -353,7 +353,7 @@ def bench(cfg, iters=20, rounds=3):
     base = best['plain GPT (causal)']
     for name, tps in best.items():
         mfu = f', MFU {ours.estimate_mfu(tps, T):.1%}' if device == 'cuda' else ''
-        print(f'  {name:22s} {tps:10.0f} tokens/s  {tps / base:.2f}x plain GPT{mfu}')
+        print(f'  {name:26s} {tps:10.0f} tokens/s  {tps / base:.2f}x plain GPT{mfu}')
     return best
 
 
