@@ -212,8 +212,9 @@ def main(argv):
                 raise SystemExit(f'error: --sweep_threshold needs a diffusion checkpoint; {cfg.ckpt} is {ckpt["attn"]!r}')
             return sweep_threshold(model, ckpt, cfg.sweep_threshold, cfg.n,
                                    os.path.join(os.path.dirname(cfg.ckpt), 'sweep_threshold'), device)
-        if ckpt['attn'] not in ('semi_causal', 'semi_causal_ordered'):
-            raise SystemExit(f'error: --sweep_latent needs a semi_causal(_ordered) checkpoint; {cfg.ckpt} is {ckpt["attn"]!r}')
+        if ckpt['decoder']['method'] != 'latent':
+            raise SystemExit(f'error: --sweep_latent needs a checkpoint the latent sampler decodes (semi_causal, '
+                             f'semi_causal_ordered); {cfg.ckpt} is {ckpt["attn"]!r}')
         refs = [load_checkpoint(p, device) for p in filter(None, cfg.ref_ckpts.split(','))]
         if any(r[1]['task_config'] != ckpt['task_config'] or r[1]['attn'] not in ('full', 'independent') for r in refs):
             raise SystemExit('error: --ref_ckpts must be full or independent models of the same task')

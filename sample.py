@@ -139,7 +139,7 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
     nfe = torch.zeros(B, device=dev); positions = torch.zeros(B, device=dev)
     cache, cached, cached_valid, n_pass = None, None, None, 0   # cached [B, T]: positions whose keys/values are kept
     ordered = attn == 'semi_causal_ordered'
-    decoded_rank = torch.full((B, T), -1.0, device=dev)     # semi_causal_ordered: givens -1, then pass number
+    decoded_rank = torch.full((B, T), -1.0, device=dev) if ordered else None   # givens -1, then pass number
     while True:
         masked = x == MASK
         remaining = masked.sum(1)
@@ -166,7 +166,9 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
         x_sub = torch.gather(x, 1, idx)
         masked_sub = torch.gather(masked, 1, idx) & valid
         rank = torch.where(latent, torch.rand(B, T, generator=gen, device=dev), torch.full((B, T), 2.0, device=dev))
-        rank_sub = torch.gather(torch.where(masked, rank, decoded_rank), 1, idx)   # clean ranks: ordered only
+        if ordered:                   # clean positions ranked by when they were decoded
+            rank = torch.where(masked, rank, decoded_rank)
+        rank_sub = torch.gather(rank, 1, idx)
         attn_mask = attention_mask(attn, masked_sub, rank_sub) & valid[:, None, :]
         # a padding query may see nothing at all, and attention over no key gives NaN: let every
         # query see itself (padding outputs are never used; real queries already see themselves)
