@@ -91,6 +91,15 @@ class ReproduceConfig:
     n: int = 500               # test puzzles for --sweep_latent / --bench_cache
 
 
+def cpu_name():
+    """The processor's model name where Linux tells it (benchmarks differ by CPU), else the architecture."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 COST_COLUMNS = ('accuracy', 'nfe_per_sample', 'positions_per_sample', 'seconds_per_sample')
 
 
@@ -284,7 +293,7 @@ def main(argv):
         plot_dial(dial, f'{cfg.out}/dial.png', f'scale {cfg.scale}, mean of seeds {cfg.seeds}, {n_test} test puzzles')
     out = dict(scale=cfg.scale, seeds=cfg.seeds, wall_clock_minutes=(time.time() - t_start) / 60,
                minutes_per_seed=seed_minutes, training_minutes_per_seed=train_minutes, settings=scale, n_test=n_test,
-               hardware=f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
+               hardware=f'{cpu_name()}, {os.cpu_count()} cores, '
                         f'{torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"}',
                models={k: dict(mean=mean(v), min=min(v), max=max(v), per_seed=v) for k, v in summary.items()},
                dial=dial)
