@@ -137,22 +137,24 @@ def lr_at(it, cfg):
 
 def setup_ddp(device):
     """Under torchrun (RANK set): join the process group (nccl on CUDA, gloo on CPU), one device
-    per process, each CPU process with its share of the cores. -> (rank, world size, device)."""
+    per process, each CPU process with its share of the cores.
+    -> (rank, world size, device, whether this call joined the group, and so must leave it)"""
     if 'RANK' not in os.environ:
-        return 0, 1, device
+        return 0, 1, device, False
     rank, local_rank, world = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
     if device.startswith('cuda'):
         device = f'cuda:{local_rank}'
         torch.cuda.set_device(device)
     else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', world))))
-    if not dist.is_initialized():
+    joined = not dist.is_initialized()
+    if joined:
         try:
             dist.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
         except (ValueError, RuntimeError) as e:
             raise SystemExit(f'error: cannot join the process group ({e}); start with torchrun, e.g. '
                              '`torchrun --standalone --nproc_per_node=2 train_mdlm.py`')
-    return rank, world, device
+    return rank, world, device, joined
 
 
 def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
@@ -166,7 +168,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
         raise SystemExit(f'error: unknown attn {attn!r}; choose from {ATTNS}')
     decoder = decoder or default_decoder(attn)
     device, dtype, use_compile = resolve_system(cfg.device, cfg.dtype, cfg.compile)
-    rank, world, device = setup_ddp(device)
+    rank, world, device, joined = setup_ddp(device)
     micro = cfg.batch_size // (world * cfg.grad_accum)            # rows per process per accumulation step
     if cfg.grad_accum < 1 or micro * world * cfg.grad_accum != cfg.batch_size:
         raise SystemExit(f'error: batch_size {cfg.batch_size} must split evenly over {world} processes x '
@@ -280,11 +282,12 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
         shared = [metrics]
         dist.broadcast_object_list(shared, src=0)
         metrics = shared[0]
-        # Then leave the group together. Without the barrier a gloo worker thread can still be
-        # releasing the broadcast's tensors when Python exits, which aborts a run that went fine
-        # ("terminate called without an active exception", exit -6: 2 of 30 two-process runs here).
+        # Then leave the group together, if train joined it (a caller's own group stays). Without
+        # the barrier a gloo worker thread can still be releasing the broadcast's tensors when
+        # Python exits, which aborts a run that went fine ("terminate called without an active
+        # exception", exit -6: 2 of 30 two-process runs here).
         dist.barrier()
-        dist.destroy_process_group()
+        if joined: dist.destroy_process_group()
     return metrics, ckpt_path
 
 
