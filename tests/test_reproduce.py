@@ -66,3 +66,26 @@ def test_a_scale_without_diffusion_models_runs_c3_only(tmp_path, monkeypatch):
     assert [(r['finding'], r['model']) for r in rows] == [('C3', 'AR')]
     summary = json.load(open(tmp_path / 'summary.json'))
     assert summary['dial'] == [] and 'AR (left_to_right)' in summary['models']
+
+
+def test_target_checks_fail_a_target_missed_on_one_seed():
+    """Targets are checked on every seed: one seed below the line fails it, and a drop in the
+    dial is forgiven only within its binomial interval."""
+    from reproduce import target_checks
+    dial = lambda order, accs: [dict(order=order, k=k, per_seed=a) for k, a in accs.items()]
+    s = dict(scale='cpu', n_test=300, wall_clock_minutes=59.0, models={
+        'MDM (random)': dict(per_seed=[0.50, 0.50]), 'SIDM (random)': dict(per_seed=[0.05, 0.35]),
+        'AR (left_to_right)': dict(per_seed=[0.10, 0.10]), 'AR+MTP (left_to_right)': dict(per_seed=[0.25, 0.20])},
+        dial=dial('random', {'0': [0.06, 0.10], '4': [0.03, 0.30], 'all': [0.45, 0.50],
+                             'full': [0.50, 0.50], 'independent': [0.05, 0.35]}))
+    lines = dict(line.split(': ', 1) for line in target_checks(s))
+    assert lines['- C1, MDM minus SIDM in random order, at least +20'] == '**not met** (+45.0 / +15.0)'
+    assert lines['- C2 random, k=0 minus SIDM, within 5'] == '**not met** (+1.0 / -25.0)'
+    assert lines['- C2 random, k=all minus MDM, within 10'] == 'met (-5.0 / +0.0)'
+    # a 3-point drop on 300 puzzles is inside the interval (about 4 points); nothing drops on seed 1
+    assert lines['- C2 random, non-decreasing in k (worst step up in k, plus its 95% interval, at least 0)'] \
+        .startswith('met')
+    assert lines['- C3, AR+MTP minus AR, at least +10'] == 'met (+15.0 / +10.0)'
+    assert lines['- Time, at most 60 minutes'] == 'met (59 minutes)'
+    s['dial'][1]['per_seed'] = [0.00, 0.30]                     # a 6-point drop is not
+    assert '**not met**' in [l for l in target_checks(s) if 'non-decreasing' in l][0]
