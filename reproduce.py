@@ -121,12 +121,11 @@ def decode_both_orders(model, ckpt, task, examples, device):
                             device=device) for order, rule in ORDERS.items()}
 
 
-def sweep_latent(model, ckpt, ks, refs, n_test, prefix, device):
+def sweep_latent(model, ckpt, task, examples, ks, refs, prefix, device):
     """The paper's Figure 1 under both commit orders: accuracy and cost against the number of
     latent tokens k, plus reference rows (k = 'full' / 'independent') for MDM and SIDM models
     decoded by the same rule. refs: {attn: decode_both_orders(...) of that model on the same
-    n_test puzzles}. Writes <prefix>.csv and .json; returns the rows."""
-    task, examples = checkpoint_examples(ckpt, 'test', n_test)
+    examples}. Writes <prefix>.csv and .json; returns the rows."""
     rows = []
     for order, rule in ORDERS.items():
         for k in ks.split(','):
@@ -241,7 +240,7 @@ def main(argv):
         task, examples = checkpoint_examples(ckpt, 'test', cfg.n)           # the same puzzles for every model
         refs = {ck['attn']: decode_both_orders(m, ck, task, examples, device) for m, ck in refs}
         prefix = os.path.join(os.path.dirname(cfg.ckpt), 'sweep_latent')
-        rows = sweep_latent(model, ckpt, cfg.sweep_latent, refs, cfg.n, prefix, device)
+        rows = sweep_latent(model, ckpt, task, examples, cfg.sweep_latent, refs, prefix, device)
         return plot_dial(rows, prefix + '.png', f'{cfg.ckpt}, {cfg.n} test puzzles')
     if cfg.scale not in SCALES:
         raise SystemExit(f'error: --scale must be one of {list(SCALES)}')
@@ -275,14 +274,13 @@ def main(argv):
             differ = scale.get('scdm', {}) if name == 'SCDM' else {}
             diffusion[name] = run(name, TrainConfig(**{'task': 'sudoku', **scale_settings(scale['diffusion']),
                                                        'attn': attn, **differ}))
-        decoded = {name: decode_both_orders(model, ck, task, test, device)
-                   for name, (model, ck, task, test) in diffusion.items()}
-        for name, by_order in decoded.items():
-            for order, r in by_order.items():
-                record('C1', name, order, diffusion[name][2], r)
+        decoded = {}
+        for name, (model, ck, task, test) in diffusion.items():
+            decoded[name] = decode_both_orders(model, ck, task, test, device)
+            for order, r in decoded[name].items():
+                record('C1', name, order, task, r)
         if diffusion:
-            model, ck = diffusion['SCDM'][:2]
-            sweep_latent(model, ck, scale['ks'], {DIFFUSION_MODELS[n]: decoded[n] for n in ('MDM', 'SIDM')}, n_test,
+            sweep_latent(*diffusion['SCDM'], scale['ks'], {DIFFUSION_MODELS[n]: decoded[n] for n in ('MDM', 'SIDM')},
                          f'{cfg.out}/sweep_latent_seed{seed}', device)
         # C3: AR, AR+MTP and the NTP-only ablation, same task and budget; one AR+MTP model per window
         ar_models = {name: AR_MODELS[name] for name in scale['ar_models'].split(',')}
@@ -333,7 +331,7 @@ def target_checks(s):
               per_seed('SIDM (random)')), lambda d: d >= 0.20)
     dial, n = {(r['order'], r['k']): r['per_seed'] for r in s['dial']}, s['n_test']
     for order in ORDERS:
-        ks = [k for o, k in dial if o == order and k not in ('full', 'independent')]
+        ks = [k for o, k in dial if o == order and k not in DIFFUSION_MODELS.values()]    # not the references
         if not ks:
             continue
         check(f'C2 {order}, k=0 minus SIDM, within 5', minus(dial[order, '0'], dial[order, 'independent']),
