@@ -282,7 +282,8 @@ def main(argv):
         if diffusion:
             sweep_latent(*diffusion['SCDM'], scale['ks'], {DIFFUSION_MODELS[n]: decoded[n] for n in ('MDM', 'SIDM')},
                          f'{cfg.out}/sweep_latent_seed{seed}', device)
-        # C3: AR, AR+MTP and the NTP-only ablation, same task and budget; one AR+MTP model per window
+        # C3: the scale's AR models (AR, AR+MTP, the NTP-only ablation where listed), same task and
+        # budget; one AR+MTP model per window
         ar_models = {name: AR_MODELS[name] for name in scale['ar_models'].split(',')}
         ar_models.update({f'AR+MTP W={w}': dict(mtp_window=int(w)) for w in filter(None, scale['windows'].split(','))})
         for name, differ in ar_models.items():
