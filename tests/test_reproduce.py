@@ -1,6 +1,7 @@
 """reproduce.py --scale=smoke: every table and figure is written with the expected structure.
 (This checks the pipeline, not the scientific outcome.)"""
 import csv, json, subprocess, sys
+import pytest
 from utils import load_checkpoint
 
 
@@ -38,8 +39,9 @@ def test_every_scale_builds_valid_settings():
     from train_ar_mtp import ARConfig, objective
     from train_mdlm import TrainConfig
     for scale in SCALES.values():
-        cfg = TrainConfig(**{'task': 'sudoku', **scale_settings(scale['diffusion'])})   # unknown key: TypeError
-        get_task(cfg.task, **cfg.task_options)                                         # wrong option: ValueError
+        if scale['diffusion'] is not None:                                             # None: C3 only
+            cfg = TrainConfig(**{'task': 'sudoku', **scale_settings(scale['diffusion'])})   # unknown key: TypeError
+            get_task(cfg.task, **cfg.task_options)                                     # wrong option: ValueError
         for kw in list(AR_MODELS.values()) + [dict(mtp_window=int(w)) for w in filter(None, scale['windows'].split(','))]:
             cfg = ARConfig(**{**scale_settings(scale['ar']), **kw})
             get_task(cfg.task, **cfg.task_options)
@@ -57,15 +59,27 @@ def test_cache_benchmark_of_a_latent_checkpoint(trained_semi_causal):
         assert results[f'k={k} r=4']['positions_per_sample'] < results[f'k={k} r=0']['positions_per_sample']
 
 
-def test_a_scale_without_diffusion_models_runs_c3_only(tmp_path, monkeypatch):
+def test_a_scale_without_diffusion_models_runs_c3_only_and_keeps_finished_seeds(tmp_path, monkeypatch):
     import reproduce
     monkeypatch.setitem(reproduce.SCALES, 'c3_only', dict(reproduce.SCALES['smoke'], diffusion=None, ar_models='AR',
                                                          windows='', n_test=8))
-    reproduce.main(['--scale=c3_only', '--seeds=0', f'--out={tmp_path}'])
-    rows = list(csv.DictReader(open(tmp_path / 'models.csv')))
-    assert [(r['finding'], r['model']) for r in rows] == [('C3', 'AR')]
-    summary = json.load(open(tmp_path / 'summary.json'))
-    assert summary['dial'] == [] and 'AR (left_to_right)' in summary['models']
+    monkeypatch.chdir(tmp_path)
+    evaluate, calls = reproduce.evaluate, []
+
+    def evaluate_then_die(*args, **kw):           # the run is killed while evaluating seed 1
+        calls.append(1)
+        if len(calls) == 2: raise KeyboardInterrupt
+        return evaluate(*args, **kw)
+    monkeypatch.setattr(reproduce, 'evaluate', evaluate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.main(['--scale=c3_only', '--seeds=0,1'])   # no --out: results/<scale>, never results/ itself
+    out = tmp_path / 'results' / 'c3_only'
+    assert not (tmp_path / 'results' / 'models.csv').exists()
+    rows = list(csv.DictReader(open(out / 'models.csv')))
+    assert [(r['finding'], r['model'], r['seed']) for r in rows] == [('C3', 'AR', '0')]
+    summary = json.load(open(out / 'summary.json'))               # the finished seed is kept
+    assert summary['seeds'] == '0' and summary['models']['AR (left_to_right)']['per_seed'] == [float(rows[0]['accuracy'])]
+    assert summary['dial'] == [] and '| AR | left_to_right |' in (out / 'table.md').read_text()
 
 
 def test_target_checks_fail_a_target_missed_on_one_seed():
@@ -87,5 +101,16 @@ def test_target_checks_fail_a_target_missed_on_one_seed():
         .startswith('met')
     assert lines['- C3, AR+MTP minus AR, at least +10'] == 'met (+15.0 / +10.0)'
     assert lines['- Time, at most 60 minutes'] == 'met (59 minutes)'
+    assert not any('path-star' in l for l in target_checks(s))           # a Sudoku C3: no path-star checks
+    s['settings'] = dict(ar=dict(task='path_star', task_options=dict(degree=2)))
+    lines = dict(line.split(': ', 1) for line in target_checks(s))
+    assert lines['- C3 path-star, AR minus 1/degree = 50% (the Clever-Hans failure), within 10'] == \
+        '**not met** (-40.0 / -40.0)'
+    s['models']['AR (left_to_right)']['per_seed'] = [0.45, 0.55]
+    s['models']['AR+MTP (left_to_right)']['per_seed'] = [0.95, 0.50]
+    lines = dict(line.split(': ', 1) for line in target_checks(s))
+    assert lines['- C3 path-star, AR minus 1/degree = 50% (the Clever-Hans failure), within 10'] == 'met (-5.0 / +5.0)'
+    assert lines['- C3 path-star, AR+MTP minus 75% (halfway from 1/degree to every graph), at least 0'] == \
+        '**not met** (+20.0 / -25.0)'
     s['dial'][1]['per_seed'] = [0.00, 0.30]                     # a 6-point drop is not
     assert '**not met**' in [l for l in target_checks(s) if 'non-decreasing' in l][0]
