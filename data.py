@@ -8,6 +8,7 @@ content-disjoint train/val/test splits cached on disk, and the command line.
     python data.py --bench                                        # examples generated per second
 """
 import csv, hashlib, json, math, os, sys, time
+from collections import Counter
 from dataclasses import dataclass
 from multiprocessing import get_context
 import numpy as np
@@ -147,9 +148,12 @@ def main(argv):
             sys.exit(f'error: {e}')
         examples, errors = result if args.skip_bad else (result, [])
         for e in errors: print('skipped', e)
-        valid = sum(task.verify(p, a) for p, a in examples)
+        failures = Counter(task.failure(p, a) for p, a in examples)
+        valid = failures.pop(None, 0)
         print(f'{valid} of {len(examples)} answers valid')
-        print(json.dumps({'task': task.name, 'n': len(examples), 'valid': valid, 'skipped': len(errors)}))
+        for reason, count in failures.most_common(): print(f'  {count} {reason}')
+        print(json.dumps({'task': task.name, 'n': len(examples), 'valid': valid, 'skipped': len(errors),
+                          'failures': dict(failures)}))
         return
     examples = generate(task, args.n, args.seed, args.split)
     if args.show:

@@ -81,6 +81,10 @@ class Task:
     def check_problem(self, problem):
         pass
 
+    def failure(self, problem, answer):
+        """None for a valid answer, else a short reason (tasks with a telling one override this)."""
+        return None if self.verify(problem, answer) else 'invalid'
+
     def show(self, problem, answer=None):
         return f'problem: {problem}\nanswer:  {answer}'
 
@@ -631,6 +635,29 @@ class PathStar(Task):
             return False
         return (path[0] == source and path[-1] == goal
                 and all(e in set(edges) for e in zip(path, path[1:])))
+
+    def failure(self, problem, answer):
+        """Why a path is wrong. 'wrong arm' is the Clever-Hans failure: the first step leaves the
+        source on an arm that does not lead to the goal (a guess), and the edges are followed
+        from there."""
+        if self.verify(problem, answer):
+            return None
+        edges, source, goal = self.parse_problem(problem)
+        try:
+            path = [int(x) for x in answer.split(',')]
+        except (ValueError, AttributeError):
+            return 'not a list of nodes'
+        if path[0] != source:
+            return 'does not start at the source'
+        parent, edges = {b: a for a, b in edges}, set(edges)
+        first = goal                               # the goal's arm, traced back to the source
+        while parent.get(first, source) != source:
+            first = parent[first]
+        hops = next((i for i, e in enumerate(zip(path, path[1:])) if e not in edges), len(path) - 1)
+        if hops == 0:
+            return 'no step along an edge'
+        arm = 'right' if path[1] == first else 'wrong'
+        return f'{arm} arm, {hops} of {len(path) - 1} steps along edges'
 
 
 TASKS = {t.name: t for t in (Sudoku, SudokuGen, Countdown, Zebra, PathStar)}

@@ -173,10 +173,25 @@ def test_cli_check_last_line_is_json(tmp_path):
     write_examples(task, str(path), examples)
     out = subprocess.run([sys.executable, 'data.py', '--task=sudoku', '--size=4', f'--check={path}'],
                          capture_output=True, text=True, check=True).stdout
-    assert json.loads(out.strip().splitlines()[-1]) == {'task': 'sudoku', 'n': 4, 'valid': 3, 'skipped': 0}
+    assert json.loads(out.strip().splitlines()[-1]) == {'task': 'sudoku', 'n': 4, 'valid': 3, 'skipped': 0,
+                                                         'failures': {'invalid': 1}}
     bad = subprocess.run([sys.executable, 'data.py', '--task=sudoku', '--size=4', '--check=/nonexistent'],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and 'Traceback' not in bad.stderr and 'nonexistent' in bad.stderr
+
+
+def test_path_star_failures_name_the_clever_hans_guess():
+    # source 0; arms 0-1-2-3 and 0-4-5-6; the goal 3 is at the end of the first arm
+    task = get_task('path_star', degree=2, arm_length=3, n_nodes=7)
+    problem = '4,5|0,1|2,3|5,6|1,2|0,4/0,3'
+    assert task.failure(problem, '0,1,2,3') is None
+    assert task.failure(problem, '0,4,5,3') == 'wrong arm, 2 of 3 steps along edges'     # guessed, then followed
+    assert task.failure(problem, '0,4,5,6') == 'wrong arm, 3 of 3 steps along edges'
+    assert task.failure(problem, '0,1,5,3') == 'right arm, 1 of 3 steps along edges'
+    assert task.failure(problem, '1,2,3') == 'does not start at the source'
+    assert task.failure(problem, '0,2,3') == task.failure(problem, '0') == 'no step along an edge'
+    assert task.failure(problem, '0,x') == 'not a list of nodes'
+    assert get_task('sudoku', size=4).failure('.' * 16, '1' * 16) == 'invalid'
 
 
 def test_bad_options_are_clear_errors():
