@@ -628,20 +628,12 @@ class PathStar(Task):
             raise ValueError(f'expected {self.options["degree"] * self.options["arm_length"]} edges')
 
     def verify(self, problem, answer):
-        edges, source, goal = self.parse_problem(problem)
-        try:
-            path = [int(x) for x in answer.split(',')]
-        except (ValueError, AttributeError):
-            return False
-        return (path[0] == source and path[-1] == goal
-                and all(e in set(edges) for e in zip(path, path[1:])))
+        return self.failure(problem, answer) is None
 
     def failure(self, problem, answer):
-        """Why a path is wrong. 'wrong arm' is the Clever-Hans failure: the first step leaves the
-        source on an arm that does not lead to the goal (a guess), and the edges are followed
-        from there."""
-        if self.verify(problem, answer):
-            return None
+        """None for a path from the source to the goal along edges, else why not. 'wrong arm' is
+        the Clever-Hans failure: the first step leaves the source on an arm that does not lead to
+        the goal (a guess), and the edges are followed from there."""
         edges, source, goal = self.parse_problem(problem)
         try:
             path = [int(x) for x in answer.split(',')]
@@ -649,13 +641,15 @@ class PathStar(Task):
             return 'not a list of nodes'
         if path[0] != source:
             return 'does not start at the source'
-        parent, edges = {b: a for a, b in edges}, set(edges)
-        first = goal                               # the goal's arm, traced back to the source
-        while parent.get(first, source) != source:
-            first = parent[first]
+        edges = set(edges)
         hops = next((i for i, e in enumerate(zip(path, path[1:])) if e not in edges), len(path) - 1)
+        if hops == len(path) - 1 and path[-1] == goal:
+            return None
         if hops == 0:
             return 'no step along an edge'
+        parent, first = {b: a for a, b in edges}, goal      # the goal's arm, traced back to the source
+        while parent.get(first, source) != source:
+            first = parent[first]
         arm = 'right' if path[1] == first else 'wrong'
         return f'{arm} arm, {hops} of {len(path) - 1} steps along edges'
 
