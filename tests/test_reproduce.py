@@ -1,6 +1,6 @@
 """reproduce.py --scale=smoke: every table and figure is written with the expected structure.
 (This checks the pipeline, not the scientific outcome.)"""
-import csv, json, subprocess, sys
+import csv, json, shutil, subprocess, sys
 import pytest
 from utils import load_checkpoint
 
@@ -80,6 +80,14 @@ def test_a_scale_without_diffusion_models_runs_c3_only_and_keeps_finished_seeds(
     summary = json.load(open(out / 'summary.json'))               # the finished seed is kept
     assert summary['seeds'] == '0' and summary['models']['AR (left_to_right)']['per_seed'] == [float(rows[0]['accuracy'])]
     assert summary['dial'] == [] and '| AR | left_to_right |' in (out / 'table.md').read_text()
+    shutil.rmtree(out / 'ckpt' / 'AR_seed1')                        # seed 1 trained before the kill: start it over
+    monkeypatch.setattr(reproduce, 'evaluate', evaluate)            # rerun: seed 0's model is only evaluated
+    reproduce.main(['--scale=c3_only', '--seeds=0,1'])
+    summary = json.load(open(out / 'summary.json'))
+    assert summary['seeds'] == '0,1' and summary['resumed_checkpoints'] == ['AR seed 0']
+    assert len(summary['training_minutes_per_seed']['AR']) == 1       # only seed 1 trained in this run
+    assert summary['models']['AR (left_to_right)']['per_seed'][0] == float(rows[0]['accuracy'])
+    assert 'earlier run left in the folder' in (out / 'table.md').read_text()
 
 
 def test_target_checks_fail_a_target_missed_on_one_seed():
@@ -101,6 +109,9 @@ def test_target_checks_fail_a_target_missed_on_one_seed():
         .startswith('met')
     assert lines['- C3, AR+MTP minus AR, at least +10'] == 'met (+15.0 / +10.0)'
     assert lines['- Time, at most 60 minutes'] == 'met (59 minutes)'
+    timed_in_part = dict(s, resumed_checkpoints=['MDM seed 0'])   # a run that continued models is not timed
+    assert dict(line.split(': ', 1) for line in target_checks(timed_in_part))['- Time, at most 60 minutes'] \
+        .startswith('not measured')
     assert not any('path-star' in l for l in target_checks(s))           # a Sudoku C3: no path-star checks
     s['settings'] = dict(ar=dict(task='path_star', task_options=dict(degree=2)))
     lines = dict(line.split(': ', 1) for line in target_checks(s))
