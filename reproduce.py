@@ -45,7 +45,8 @@ SCALES = {
     # diffusion: settings of the three sudoku models (C1, C2); ar: settings of the C3 models;
     # ar_models: which C3 models run; n_test: test puzzles per evaluation; ks: the latent sweep;
     # windows: extra AR+MTP models, one trained per latent window W (a window is fixed in training);
-    # longer (optional): diffusion models trained for longer than `diffusion` says, name -> settings.
+    # longer (optional): diffusion models trained longer than `diffusion` says, name -> steps
+    # (evaluated once, at the end, like the others).
     'smoke': dict(diffusion=SMOKE,
                   ar=dict(SMOKE, task='path_star', task_options=dict(degree=2, arm_length=3, n_nodes=12)),
                   ar_models='AR,AR+MTP,AR-NTP,AR+MTP causal prefix', n_test=32, ks='0,1,all', windows='2'),
@@ -57,7 +58,7 @@ SCALES = {
     # The NTP-only ablation is left out to keep three seeds within an hour: at this budget it
     # solved 0% on every seed (one loss position per example); train it alone with --ntp_only.
     'cpu': dict(diffusion=dict(task_options=dict(size=6, givens=12), max_iters=800, eval_interval=800, eval_n=100),
-                longer=dict(SIDM=dict(max_iters=1600, eval_interval=1600), SCDM=dict(max_iters=1600, eval_interval=1600)),
+                longer=dict(SIDM=1600, SCDM=1600),
                 ar=dict(task='sudoku', task_options=dict(size=6, givens=12, layout='prompt'), max_iters=600,
                         eval_interval=600, eval_n=100),
                 ar_models='AR,AR+MTP', n_test=300, ks='0,1,2,4,8,16,all', windows=''),
@@ -262,7 +263,9 @@ def main(argv):
     scale = SCALES[cfg.scale]
     n_test, seeds = scale['n_test'], [int(s) for s in cfg.seeds.split(',')]
     os.makedirs(cfg.out, exist_ok=True)
-    t_start, rows, sweeps, seed_minutes, train_minutes, resumed = time.time(), [], [], [], {}, []
+    t_start, rows, sweeps = time.time(), [], []
+    # where the time goes (written to summary.json as it is)
+    timing = dict(wall_clock_minutes=0.0, minutes_per_seed=[], training_minutes_per_seed={}, resumed_checkpoints=[])
     for seed in seeds:
         t_seed = time.time()
         ckpt_path = lambda name: f'{cfg.out}/ckpt/{name}_seed{seed}/ckpt.pt'
@@ -277,9 +280,9 @@ def main(argv):
             t_train = time.time()
             model, ck = load_checkpoint(train(c, *objective_, quiet=cfg.scale == 'smoke')[1], device)
             if c.resume:
-                resumed.append(f'{name} seed {seed}')
+                timing['resumed_checkpoints'].append(f'{name} seed {seed}')
             else:
-                train_minutes.setdefault(name, []).append((time.time() - t_train) / 60)   # where the budget goes
+                timing['training_minutes_per_seed'].setdefault(name, []).append((time.time() - t_train) / 60)
             return (model, ck, *checkpoint_examples(ck, 'test', n_test))
 
         def record(finding, name, decoding, task, r):
@@ -291,7 +294,8 @@ def main(argv):
         # (a scale with diffusion=None runs C3 only)
         diffusion = {}
         for name, attn in DIFFUSION_MODELS.items() if scale['diffusion'] is not None else ():
-            differ = scale.get('longer', {}).get(name, {})
+            steps = scale.get('longer', {}).get(name)
+            differ = dict(max_iters=steps, eval_interval=steps) if steps else {}
             diffusion[name] = run(name, TrainConfig(**{'task': 'sudoku', **scale_settings(scale['diffusion']),
                                                        'attn': attn, **differ}))
         decoded = {}
@@ -312,17 +316,18 @@ def main(argv):
             loss, attn, dec = objective(c)
             model, ck, task, test = run(name, c, loss, attn, dec)
             record('C3', name, 'left_to_right', task, evaluate(model, task, test, attn, dec, device=device))
-        seed_minutes.append((time.time() - t_seed) / 60)
-        done = seeds[:len(seed_minutes)]          # written after every seed: a killed run keeps the seeds it finished
-        table = write_results(cfg, scale, done, rows, sweeps, seed_minutes, train_minutes, resumed,
-                              (time.time() - t_start) / 60)
+        timing['minutes_per_seed'].append((time.time() - t_seed) / 60)
+        timing['wall_clock_minutes'] = (time.time() - t_start) / 60
+        done = seeds[:len(timing['minutes_per_seed'])]   # written after every seed: a killed run keeps the seeds it finished
+        table = write_results(cfg, scale, done, rows, sweeps, timing)
     print(table)
 
 
-def write_results(cfg, scale, seeds, rows, sweeps, seed_minutes, train_minutes, resumed, minutes):
+def write_results(cfg, scale, seeds, rows, sweeps, timing):
     """models.csv, summary.json (means and spread over the seeds done), dial.png and table.md.
-    sweeps: sweep_latent's rows of each seed done (none for a C3-only scale); resumed: the models
-    continued from checkpoints of an earlier run (their training is not in this run's minutes)."""
+    sweeps: sweep_latent's rows of each seed done (none for a C3-only scale); timing: minutes
+    (wall clock, per seed, training per model) and the models continued from checkpoints of an
+    earlier run (resumed_checkpoints: their training is not in this run's minutes)."""
     seed_list = ','.join(map(str, seeds))
     columns = ('finding', 'task', 'model', 'seed', 'decoding', 'accuracy', 'positions_per_sample', 'n')
     write_csv(f'{cfg.out}/models.csv', rows, columns)
@@ -334,9 +339,7 @@ def write_results(cfg, scale, seeds, rows, sweeps, seed_minutes, train_minutes, 
                  **{c: mean([s[i][c] for s in sweeps]) for c in COST_COLUMNS}) for i, row in enumerate(sweeps[0] if sweeps else [])]
     if dial:
         plot_dial(dial, f'{cfg.out}/dial.png', f'scale {cfg.scale}, mean of seeds {seed_list}, {scale["n_test"]} test puzzles')
-    out = dict(scale=cfg.scale, seeds=seed_list, wall_clock_minutes=minutes,
-               minutes_per_seed=seed_minutes, training_minutes_per_seed=train_minutes, resumed_checkpoints=resumed,
-               settings=scale, n_test=scale['n_test'],
+    out = dict(scale=cfg.scale, seeds=seed_list, **timing, settings=scale, n_test=scale['n_test'],
                hardware=f'{cpu_name()}, {os.cpu_count()} cores, '
                         f'{torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"}',
                models={k: dict(mean=mean(v), min=min(v), max=max(v), per_seed=v) for k, v in summary.items()},
