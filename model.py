@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ATTNS = ('full', 'independent', 'semi_causal', 'semi_causal_ordered', 'causal', 'prefix', 'causal_prefix')
+ATTNS = ('full', 'independent', 'semi_causal', 'semi_causal_ordered', 'masked_full', 'causal', 'prefix', 'causal_prefix')
 
 
 def attention_mask(attn, masked=None, rank=None, window=None):
@@ -39,6 +39,9 @@ def attention_mask(attn, masked=None, rank=None, window=None):
       semi_causal_ordered  as semi_causal, but clean i -> clean j only with rank[j] <= rank[i]
                     (ours: a clean position never sees one decoded after it, so its keys/values
                     never change once computed, and the sampler's cache of them is exact)
+      masked_full   clean -> clean;  masked -> everyone           (an ablation, ours: MDM's masked
+                    side with SCDM's clean side, to measure what it costs that clean cells never
+                    see masked ones)
       causal        j <= i                                        (AR)
       prefix        clean + the first `window` masked positions see each other; masked
                     positions beyond the window are seen by no one (AR+MTP, the paper's form)
@@ -52,6 +55,8 @@ def attention_mask(attn, masked=None, rank=None, window=None):
     self_ = torch.eye(T, dtype=torch.bool, device=masked.device)[None]
     if attn == 'independent':
         return clean_k | (masked_q & self_)
+    if attn == 'masked_full':
+        return clean_k | masked_q
     if attn in ('semi_causal', 'semi_causal_ordered'):
         # EXERCISE 1: semi-causal attention
         lower = rank[:, None, :] < rank[:, :, None]

@@ -86,9 +86,9 @@ def commit_rule(probs, candidates, order, tokens_per_step, threshold, gen):
 @torch.no_grad()
 def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_candidates=0, threshold=0.0,
                temperature=0.0, gen=None):
-    """Plain masked-diffusion decoding: every pass sees all positions (full or independent
-    attention). Candidates are all masked positions (or `n_candidates` random ones, to match the
-    latent sampler's confidence rule); commit the `tokens_per_step` best by `order` (and, with a
+    """Plain masked-diffusion decoding: every pass sees all positions (full, independent or
+    masked_full attention). Candidates are all masked positions (or `n_candidates` random ones,
+    to match the latent sampler's confidence rule); commit the `tokens_per_step` best by `order` (and, with a
     threshold, every candidate at least that confident). Returns x and per-row stats."""
     x = x.clone()
     B, T = x.shape
@@ -267,8 +267,8 @@ def decode_ar_mtp(model, x, attn='prefix', window=-1, temperature=0.0, use_cache
 # One table: how a model with each attention structure is decoded, and the default settings of
 # each decoder (what training evaluates with). Command-line settings override them.
 
-ATTN_METHOD = {'full': 'mdm', 'independent': 'mdm', 'semi_causal': 'latent', 'semi_causal_ordered': 'latent',
-               'causal': 'ar', 'prefix': 'ar_mtp', 'causal_prefix': 'ar_mtp'}
+ATTN_METHOD = {'full': 'mdm', 'independent': 'mdm', 'masked_full': 'mdm', 'semi_causal': 'latent',
+               'semi_causal_ordered': 'latent', 'causal': 'ar', 'prefix': 'ar_mtp', 'causal_prefix': 'ar_mtp'}
 DECODERS = {
     'mdm': (decode_mdm, dict(order='top_prob', tokens_per_step=1, n_candidates=0, threshold=0.0, temperature=0.0)),
     'latent': (decode_latent, dict(n_latent='all', order='top_prob', tokens_per_step=1, n_candidates=8,

@@ -38,7 +38,7 @@ class TrainConfig:
     data_seed: int = 0
     data_dir: str = 'data'
     # model
-    attn: str = 'semi_causal'         # full (MDM) | independent (SIDM) | semi_causal (SCDM) | semi_causal_ordered
+    attn: str = 'semi_causal'         # full (MDM) | independent (SIDM) | semi_causal (SCDM) | semi_causal_ordered | masked_full
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
@@ -72,7 +72,7 @@ class TrainConfig:
     seed: int = 0
 
 
-DIFFUSION_ATTNS = ('full', 'independent', 'semi_causal', 'semi_causal_ordered')
+DIFFUSION_ATTNS = ('full', 'independent', 'semi_causal', 'semi_causal_ordered', 'masked_full')
 TASK_OPTIONS = sorted({p for name in TASKS for p in task_options(name)})
 
 

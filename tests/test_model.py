@@ -38,6 +38,7 @@ def expected(structure, window=None):
         if structure == 'full': allow[i, j] = True
         elif structure == 'causal': allow[i, j] = j <= i
         elif structure == 'independent': allow[i, j] = (not m[j]) or i == j
+        elif structure == 'masked_full': allow[i, j] = (not m[j]) or m[i]
         elif structure == 'semi_causal':
             allow[i, j] = (not m[j]) or i == j or (m[i] and r[j] < r[i])
         elif structure == 'semi_causal_ordered':     # as above, but clean sees clean decoded no later
@@ -51,7 +52,7 @@ def expected(structure, window=None):
 
 
 @pytest.mark.parametrize('structure', ['full', 'causal', 'independent', pytest.param('semi_causal', marks=pytest.mark.exercise(1)),
-                                       'semi_causal_ordered', 'prefix', 'causal_prefix'])
+                                       'semi_causal_ordered', 'masked_full', 'prefix', 'causal_prefix'])
 def test_each_query_sees_exactly_what_its_structure_allows(structure):
     model = tiny()
     x = torch.randint(3, V, (1, T))
