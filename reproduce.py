@@ -409,9 +409,9 @@ def write_table(out_dir):
              '| model | decoding | accuracy % (mean) | per seed |', '|---|---|---|---|']
     if s.get('training_minutes_per_seed'):
         mins = s['training_minutes_per_seed']
-        lines[1:1] = ['', f'Minutes per seed (mean): {sum(s["minutes_per_seed"]) / len(s["minutes_per_seed"]):.1f}, '
-                      'of which training ' + ', '.join(f'{name} {sum(m) / len(m):.1f}' for name, m in mins.items())
-                      + '; the rest is evaluation.']
+        lines[1:1] = ['', 'Minutes per seed: ' + ' / '.join(f'{m:.1f}' for m in s['minutes_per_seed'])
+                      + '; of which training (mean over the seeds this run trained it) '
+                      + ', '.join(f'{name} {sum(m) / len(m):.1f}' for name, m in mins.items()) + '; the rest is evaluation.']
     if s.get('resumed_checkpoints'):
         lines[1:1] = ['', 'Continued from checkpoints an earlier run left in the folder (their training is not '
                       'in these minutes; a finished one is only evaluated): ' + ', '.join(s['resumed_checkpoints']) + '.']
