@@ -323,7 +323,8 @@ class PlainGPT(torch.nn.Module):
 
 def bench(cfg, iters=20, rounds=3):
     """Tokens/s per training step: plain GPT, then ours with causal attention and with each
-    diffusion structure. Interleaved rounds; the best round of each counts (least disturbed)."""
+    diffusion structure (and, when the run uses bf16/fp16 autocast, ours in float32).
+    Interleaved rounds; the best round of each counts (least disturbed)."""
     device, dtype, use_compile = resolve_system(cfg.device, cfg.dtype, cfg.compile)
     task = get_task(cfg.task, **cfg.task_options)
     T, B, V = task.seq_len, cfg.batch_size, len(task.vocab)
@@ -348,6 +349,11 @@ def bench(cfg, iters=20, rounds=3):
             if isinstance(child, torch.nn.RMSNorm):
                 setattr(parent, name, torch.nn.LayerNorm(cfg.n_embd, bias=False, device=device))
     runs['ours, causal, LayerNorm'] = (ours_ln, causal_loss)
+    if dtype != 'float32':                          # does autocast pay on this machine? measure it
+        def float32_loss(m):
+            with torch.autocast(device.split(':')[0], enabled=False):
+                return causal_loss(m)
+        runs['ours, causal, float32'] = (ours, float32_loss)
     compiled = {id(m): torch.compile(m) if use_compile else m for m in (ours, gpt, ours_ln)}
     opts = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-4) for m in (ours, gpt, ours_ln)}
     best = {}
