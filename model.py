@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ATTNS = ('full', 'independent', 'semi_causal', 'semi_causal_ordered', 'masked_full', 'causal', 'prefix', 'causal_prefix')
+ATTNS = ('full', 'independent', 'semi_causal', 'semi_causal_ordered', 'masked_full',
+         'causal', 'prefix', 'causal_prefix')
 
 
 def attention_mask(attn, masked=None, rank=None, window=None):

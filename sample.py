@@ -88,8 +88,8 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
                temperature=0.0, gen=None):
     """Plain masked-diffusion decoding: every pass sees all positions (full, independent or
     masked_full attention). Candidates are all masked positions (or `n_candidates` random ones,
-    to match the latent sampler's confidence rule); commit the `tokens_per_step` best by `order` (and, with a
-    threshold, every candidate at least that confident). Returns x and per-row stats."""
+    to match the latent sampler's confidence rule); commit the `tokens_per_step` best by `order`
+    (and, with a threshold, every candidate at least that confident). Returns x and per-row stats."""
     x = x.clone()
     B, T = x.shape
     nfe = torch.zeros(B, device=x.device); positions = torch.zeros(B, device=x.device)
