@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 from model import ATTNS, ModelConfig, Transformer, attend, attention_mask
-from sample import default_decoder, evaluate
+from sample import ATTN_METHOD, default_decoder, evaluate
 from data import load_splits
 from tasks import MASK, TASKS, get_task, task_options
 from utils import autocast, load_checkpoint, parse_settings, resolve_system, save_checkpoint
@@ -38,7 +38,8 @@ class TrainConfig:
     data_seed: int = 0
     data_dir: str = 'data'
     # model
-    attn: str = 'semi_causal'         # full (MDM) | independent (SIDM) | semi_causal (SCDM) | semi_causal_ordered | masked_full
+    attn: str = 'semi_causal'         # full (MDM) | independent (SIDM) | semi_causal (SCDM)
+                                      # | semi_causal_ordered (ours) | masked_full (ours, an ablation)
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
@@ -72,7 +73,7 @@ class TrainConfig:
     seed: int = 0
 
 
-DIFFUSION_ATTNS = ('full', 'independent', 'semi_causal', 'semi_causal_ordered', 'masked_full')
+DIFFUSION_ATTNS = tuple(a for a, method in ATTN_METHOD.items() if method in ('mdm', 'latent'))   # sample.py's table
 TASK_OPTIONS = sorted({p for name in TASKS for p in task_options(name)})
 
 
