@@ -126,6 +126,37 @@ def attend(q, k, v, attn_mask, is_causal, dropout_p):
     return (weights @ v.float()).to(v.dtype)
 
 
+class RMSNormFunction(torch.autograd.Function):
+    """y = x_hat * w with x_hat = x * r, r = 1 / sqrt(mean(x^2) + eps), over the last dimension.
+    Backward, written out (g = dL/dy, D = the dimension):
+        dL/dx = r * (g w - x_hat * mean(g w x_hat)),   dL/dw = sum over rows of g x_hat.
+    Why: PyTorch's CPU RMSNorm is a chain of elementwise ops, and autograd's backward through
+    them cost about 3x a (fused) LayerNorm here; this form trains the whole model about 1.1x faster
+    on 2 CPU cores (`python train_mdlm.py --bench`, row 'ours, causal, autograd RMSNorm')."""
+    @staticmethod
+    def forward(ctx, x, w, eps):
+        r = (x.pow(2).mean(-1, keepdim=True) + eps).rsqrt()
+        x_hat = x * r
+        ctx.save_for_backward(x_hat, r, w)
+        return x_hat * w
+
+    @staticmethod
+    def backward(ctx, g):
+        x_hat, r, w = ctx.saved_tensors
+        gw = g * w
+        dx = torch.addcmul(gw, x_hat, (gw * x_hat).mean(-1, keepdim=True), value=-1).mul_(r)
+        return dx, (g * x_hat).flatten(0, -2).sum(0), None
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm (same parameters, same eps), with the backward above on CPU; elsewhere
+    PyTorch's own (fused on GPUs)."""
+    def forward(self, x):
+        if x.device.type != 'cpu':
+            return super().forward(x)
+        return RMSNormFunction.apply(x, self.weight, self.eps or torch.finfo(x.dtype).eps)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg, layer):
         super().__init__()
@@ -146,8 +177,8 @@ class Attention(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg, layer):
         super().__init__()
-        self.norm1, self.attn = nn.RMSNorm(cfg.n_embd), Attention(cfg, layer)
-        self.norm2 = nn.RMSNorm(cfg.n_embd)
+        self.norm1, self.attn = RMSNorm(cfg.n_embd), Attention(cfg, layer)
+        self.norm2 = RMSNorm(cfg.n_embd)
         self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False), nn.GELU(),
                                  nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False), nn.Dropout(cfg.dropout))
 
@@ -189,7 +220,7 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.pos_embed = nn.Embedding(cfg.block_size, cfg.n_embd)     # absolute, by position id
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.norm = nn.RMSNorm(cfg.n_embd)
+        self.norm = RMSNorm(cfg.n_embd)
         self.apply(self._init)
         for name, p in self.named_parameters():      # GPT-2 scaled init of residual projections
             if name.endswith('proj.weight') or name.endswith('mlp.2.weight'):

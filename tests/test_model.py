@@ -2,7 +2,7 @@
 import itertools
 import pytest
 import torch
-from model import ModelConfig, Transformer, attend, attention_mask
+from model import ModelConfig, RMSNorm, RMSNormFunction, Transformer, attend, attention_mask
 
 torch.manual_seed(0)
 V, T = 12, 9
@@ -139,6 +139,26 @@ def test_our_cpu_attention_equals_pytorchs():
         ours16 = attend(q16, k16, v16, m, causal, 0.0)
         assert ours16.dtype == torch.bfloat16
         assert (ours16.float() - ref.float()).abs().max() < 0.05 and (ours16.float() - ref16.float()).abs().max() < 0.05
+
+
+def test_rms_norm_backward_written_out_matches_autograd():
+    """model.RMSNorm's hand-written backward (used on CPU) against autograd through PyTorch's
+    RMSNorm: same output and same gradients for x and the weight, and a finite-difference check
+    in float64."""
+    torch.manual_seed(0)
+    x, w, g = torch.randn(3, 5, 16, dtype=torch.float64), torch.randn(16, dtype=torch.float64), torch.randn(3, 5, 16, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x, w: RMSNormFunction.apply(x, w, 1e-6),
+                                    (x[:2, :2].requires_grad_(), w.clone().requires_grad_()))
+    ours, ref = RMSNorm(16).double(), torch.nn.RMSNorm(16).double()
+    with torch.no_grad():
+        ours.weight.copy_(w); ref.weight.copy_(w)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    ys = [m(xi) for m, xi in zip((ours, ref), xs)]
+    torch.testing.assert_close(ys[0], ys[1])
+    for y in ys:
+        y.backward(g)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
 
 
 def test_bf16_autocast_stays_close_to_fp32():
