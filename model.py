@@ -128,7 +128,7 @@ def attend(q, k, v, attn_mask, is_causal, dropout_p):
 
 class RMSNormFunction(torch.autograd.Function):
     """y = x_hat * w with x_hat = x * r, r = 1 / sqrt(mean(x^2) + eps), over the last dimension.
-    Backward, written out (g = dL/dy, D = the dimension):
+    Backward, written out (g = dL/dy; means over the last dimension):
         dL/dx = r * (g w - x_hat * mean(g w x_hat)),   dL/dw = sum over rows of g x_hat.
     Why: PyTorch's CPU RMSNorm is a chain of elementwise ops, and autograd's backward through
     them cost about 3x a (fused) LayerNorm here; this form trains the whole model about 1.1x faster
@@ -149,8 +149,8 @@ class RMSNormFunction(torch.autograd.Function):
 
 
 class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm (same parameters, same eps), with the backward above on CPU; elsewhere
-    PyTorch's own (fused on GPUs)."""
+    """nn.RMSNorm (same parameters, same eps, same checkpoints), with the backward above on CPU;
+    PyTorch's own elsewhere (not measured against this form on a GPU)."""
     def forward(self, x):
         if x.device.type != 'cpu':
             return super().forward(x)
