@@ -154,7 +154,8 @@ class RMSNorm(nn.RMSNorm):
     def forward(self, x):
         if x.device.type != 'cpu':
             return super().forward(x)
-        return RMSNormFunction.apply(x, self.weight, self.eps or torch.finfo(x.dtype).eps)
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps     # nn.RMSNorm's default
+        return RMSNormFunction.apply(x, self.weight, eps)
 
 
 class Attention(nn.Module):

@@ -51,7 +51,8 @@ SCALES = {
                   ar=dict(SMOKE, task='path_star', task_options=dict(degree=2, arm_length=3, n_nodes=12)),
                   ar_models='AR,AR+MTP,AR-NTP,AR+MTP causal prefix', n_test=32, ks='0,1,all', windows='2'),
     # cpu: 2 cores. Training is compute-bound there (torch.compile was no faster: AR+MTP trains
-    # 1.6x slower compiled), so the budget is set by the number of tokens. C3 runs on 6x6 Sudoku with the puzzle as a prompt.
+    # 1.6x slower compiled), so the budget is set by the number of tokens. C3 runs on 6x6 Sudoku
+    # with the puzzle as a prompt.
     # SCDM gets twice the steps: it trains every latent count k at once and learns more slowly.
     # SIDM gets SCDM's steps too: it is SCDM's k = 0 reference, and a confidence order shows the
     # extra training even without latent tokens (C1 only gets harder: SIDM trains 2x MDM's steps).

@@ -146,7 +146,7 @@ def test_rms_norm_backward_written_out_matches_autograd():
     RMSNorm: same output and same gradients for x and the weight, and a finite-difference check
     in float64."""
     torch.manual_seed(0)
-    x, w, g = torch.randn(3, 5, 16, dtype=torch.float64), torch.randn(16, dtype=torch.float64), torch.randn(3, 5, 16, dtype=torch.float64)
+    x, w, g = (torch.randn(*shape, dtype=torch.float64) for shape in ((3, 5, 16), (16,), (3, 5, 16)))
     assert torch.autograd.gradcheck(lambda x, w: RMSNormFunction.apply(x, w, 1e-6),
                                     (x[:2, :2].requires_grad_(), w.clone().requires_grad_()))
     ours, ref = RMSNorm(16).double(), torch.nn.RMSNorm(16).double()

@@ -130,8 +130,8 @@ def test_ordered_variant_ranks_the_givens_below_every_answer_cell(monkeypatch):
 def test_training_benchmark_measures_every_row(capsys):
     """`--bench` times the plain GPT (as nanoGPT writes it and with our attend), ours as AR and
     as each diffusion model, ours with LayerNorm and with PyTorch's RMSNorm (autograd backward)
-    and, under bf16 autocast, ours in float32; each
-    row a positive tokens/s, printed as a ratio to the plain GPT."""
+    and, under bf16 autocast, ours in float32; each row a positive tokens/s, printed as a ratio
+    to the plain GPT."""
     from train_mdlm import DIFFUSION_ATTNS, bench
     cfg, do_bench = settings(['presets/tiny_test.json', '--bench', '--dtype=bfloat16'])
     assert do_bench
