@@ -399,8 +399,12 @@ class Countdown(Task):
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f'broken JSON: {e.msg}') from None
-        if not isinstance(obj, dict) or 'input' not in obj:
-            raise ValueError('expected an object with "input" (and optionally "output")')
+        if isinstance(obj, dict) and 'input' not in obj and 'target' in obj and isinstance(obj.get('nums'), list):
+            # the other public form (Countdown-Tasks-3to4, TinyZero): {"nums": [...], "target": N}
+            obj = dict(input=','.join(str(x) for x in obj['nums'] + [obj['target']]), output=obj.get('output'))
+        if not isinstance(obj, dict) or not isinstance(obj.get('input'), str):
+            raise ValueError('expected an object with "input" (and optionally "output"), '
+                             'or with "nums" and "target"')
         self.check_problem(obj['input'])
         return obj['input'], obj.get('output') or None
 

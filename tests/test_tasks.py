@@ -106,6 +106,16 @@ def test_countdown_verifier_rules():
     assert not task.verify(p, '')
 
 
+def test_countdown_reads_both_public_jsonl_forms():
+    task = get_task('countdown', n_numbers=3)
+    assert task.parse_line('{"input": "15,44,79,50", "output": "44-15=29,79-29=50"}') == \
+        ('15,44,79,50', '44-15=29,79-29=50')
+    assert task.parse_line('{"target": 50, "nums": [15, 44, 79]}') == ('15,44,79,50', None)
+    for bad in ('{"target": 50, "nums": [15, 44]}', '{"input": 15}', '[15, 44, 79, 50]'):
+        with pytest.raises(ValueError):
+            task.parse_line(bad)
+
+
 def test_countdown_heldout_targets_are_disjoint():
     task = get_task('countdown', n_numbers=3, heldout_targets=True)
     splits = make_splits(task, 200, 50, 50, seed=0)
