@@ -299,15 +299,21 @@ def main(argv):
             differ = dict(max_iters=steps, eval_interval=steps) if steps else {}
             diffusion[name] = run(name, TrainConfig(**{'task': 'sudoku', **scale_settings(scale['diffusion']),
                                                        'attn': attn, **differ}))
-        decoded = {}
+        decoded = {name: decode_both_orders(model, ck, task, test, device)
+                   for name, (model, ck, task, test) in diffusion.items() if name != 'SCDM'}
+        if diffusion:
+            sweep = sweep_latent(*diffusion['SCDM'], scale['ks'],
+                                 {DIFFUSION_MODELS[n]: decoded[n] for n in ('MDM', 'SIDM')},
+                                 f'{cfg.out}/sweep_latent_seed{seed}', device)
+            sweeps.append(sweep)
+            # SCDM decoded by its own sampler (every masked cell a latent) is the dial's k = all
+            # row: the same decoder on the same puzzles, so it is taken from there, not run twice
+            at_all = {r['order']: dict(r, n=len(diffusion['SCDM'][3])) for r in sweep
+                      if r['k'] == 'all' and DECODERS['latent'][1]['n_latent'] == 'all'}
+            decoded['SCDM'] = at_all or decode_both_orders(*diffusion['SCDM'], device)
         for name, (model, ck, task, test) in diffusion.items():
-            decoded[name] = decode_both_orders(model, ck, task, test, device)
             for order, r in decoded[name].items():
                 record('C1', name, order, task, r)
-        if diffusion:
-            sweeps.append(sweep_latent(*diffusion['SCDM'], scale['ks'],
-                                       {DIFFUSION_MODELS[n]: decoded[n] for n in ('MDM', 'SIDM')},
-                                       f'{cfg.out}/sweep_latent_seed{seed}', device))
         # C3: the scale's AR models (AR, AR+MTP, the NTP-only ablation where listed), same task and
         # budget; one AR+MTP model per window
         ar_models = {name: AR_MODELS[name] for name in scale['ar_models'].split(',')}
