@@ -43,7 +43,8 @@ ORDERS = {'random': dict(order='random'), 'top_prob': dict(order='top_prob', n_c
 SMOKE = dict(preset='tiny_test', n_train=500, n_val=16, n_test=32, max_iters=20, eval_interval=20, eval_n=8)
 SCALES = {
     # diffusion: settings of the three sudoku models (C1, C2); ar: settings of the C3 models;
-    # ar_models: which C3 models run; n_test: test puzzles per evaluation; ks: the latent sweep;
+    # ar_models: which C3 models run; n_test: test puzzles per evaluation; ks: the latent sweep
+    # (ending with 'all': SCDM's C1 rows);
     # windows: extra AR+MTP models, one trained per latent window W (a window is fixed in training);
     # longer (optional): diffusion models trained longer than `diffusion` says, name -> steps
     # (evaluated once, at the end, like the others).
@@ -306,11 +307,9 @@ def main(argv):
                                  {DIFFUSION_MODELS[n]: decoded[n] for n in ('MDM', 'SIDM')},
                                  f'{cfg.out}/sweep_latent_seed{seed}', device)
             sweeps.append(sweep)
-            # SCDM decoded by its own sampler (every masked cell a latent) is the dial's k = all
-            # row: the same decoder on the same puzzles, so it is taken from there, not run twice
-            at_all = {r['order']: dict(r, n=len(diffusion['SCDM'][3])) for r in sweep
-                      if r['k'] == 'all' and DECODERS['latent'][1]['n_latent'] == 'all'}
-            decoded['SCDM'] = at_all or decode_both_orders(*diffusion['SCDM'], device)
+            # SCDM's C1 rows are the dial's k = all rows (every scale's ks ends with 'all'): the
+            # same decoder on the same puzzles, so they are taken from there, not decoded twice
+            decoded['SCDM'] = {r['order']: dict(r, n=len(diffusion['SCDM'][3])) for r in sweep if r['k'] == 'all'}
         for name, (model, ck, task, test) in diffusion.items():
             for order, r in decoded[name].items():
                 record('C1', name, order, task, r)

@@ -399,9 +399,9 @@ class Countdown(Task):
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f'broken JSON: {e.msg}') from None
-        if isinstance(obj, dict) and 'input' not in obj and 'target' in obj and isinstance(obj.get('nums'), list):
+        if isinstance(obj, dict) and isinstance(obj.get('nums'), list) and 'target' in obj:
             # the other public form (Countdown-Tasks-3to4, TinyZero): {"nums": [...], "target": N}
-            obj = dict(input=','.join(str(x) for x in obj['nums'] + [obj['target']]), output=obj.get('output'))
+            obj = dict(obj, input=','.join(map(str, obj['nums'] + [obj['target']])))
         if not isinstance(obj, dict) or not isinstance(obj.get('input'), str):
             raise ValueError('expected an object with "input" (and optionally "output"), '
                              'or with "nums" and "target"')
