@@ -21,6 +21,11 @@ class TaskFormatError(ValueError):
     """A malformed input line; the message names the file and the line number."""
 
 
+# Sudoku CSV headers seen in public files: Kaggle's 1M (quizzes,solutions), the 3M / 9M sets
+# (id,puzzle,solution,...), sudoku-extreme (source,question,answer,rating).
+PUZZLE_COLUMNS, SOLUTION_COLUMNS = ('puzzle', 'quiz', 'question'), ('solution', 'answer')
+
+
 def read_examples(task, path, skip_bad=False):
     """Read a file in the task's format -> list of (problem, answer or None).
     A bad line raises TaskFormatError('path:line: reason'); with skip_bad=True bad lines are
@@ -29,11 +34,12 @@ def read_examples(task, path, skip_bad=False):
     with open(path, newline='') as f:
         lines = list(f)
     header = lines[0].strip().lower().split(',') if lines else []
-    is_csv = task.name.startswith('sudoku') and any('puzzle' in h or 'quiz' in h for h in header)
-    if is_csv:                                 # CSV with a header: puzzle(s)/quizzes + solution(s)
+    pcol = next((h for h in header if any(w in h for w in PUZZLE_COLUMNS)), None)
+    if task.name.startswith('sudoku') and pcol:   # CSV with a header (PUZZLE_COLUMNS, SOLUTION_COLUMNS)
         reader = csv.DictReader(lines)
-        pcol = next(h for h in reader.fieldnames if 'puzzle' in h.lower() or 'quiz' in h.lower())
-        scol = next((h for h in reader.fieldnames if 'solution' in h.lower()), None)
+        names = {h.strip().lower(): h for h in reader.fieldnames}
+        pcol = names[pcol]
+        scol = next((h for low, h in names.items() if any(w in low for w in SOLUTION_COLUMNS)), None)
         rows = ((i + 2, row[pcol] + (',' + row[scol] if scol and row.get(scol) else '')) for i, row in enumerate(reader))
     else:
         rows = ((i + 1, line) for i, line in enumerate(lines))

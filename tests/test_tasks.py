@@ -151,8 +151,12 @@ def test_sudoku_standard_formats(tmp_path):
     path.write_text(f'{problem.replace(".", "0")}   # from somewhere\n{problem}\n\n{problem},{answer}\n')
     assert read_examples(task, str(path)) == [(problem, None), (problem, None), (problem, answer)]
     csv_path = tmp_path / 'p.csv'
-    csv_path.write_text(f'id,puzzle,solution\n0,{problem},{answer}\n')
-    assert read_examples(task, str(csv_path)) == [(problem, answer)]
+    for header, row in [('id,puzzle,solution', f'0,{problem},{answer}'),
+                        ('quizzes,solutions', f'{problem.replace(".", "0")},{answer}'),   # Kaggle 1M
+                        ('source,question,answer,rating', f'x,{problem},{answer},12'),    # sudoku-extreme
+                        ('Puzzle', problem)]:                                           # no solution column
+        csv_path.write_text(f'{header}\n{row}\n')
+        assert read_examples(task, str(csv_path)) == [(problem, answer if ',' in header else None)], header
 
 
 BAD_LINES = [('sudoku', dict(size=4), '1234'),                   # wrong length
