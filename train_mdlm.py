@@ -77,6 +77,18 @@ DIFFUSION_ATTNS = tuple(a for a, method in ATTN_METHOD.items() if method in ('md
 TASK_OPTIONS = sorted({p for name in TASKS for p in task_options(name)})
 
 
+# Settings that do not change what a run computes: they may differ when a checkpoint is resumed.
+SYSTEM_SETTINGS = ('out_dir', 'resume', 'device', 'compile', 'eval_interval', 'eval_iters', 'eval_n')
+
+
+def changed_settings(saved, cfg, ignore=SYSTEM_SETTINGS):
+    """'key: saved -> now' for every training setting of cfg that differs from a checkpoint's
+    saved train_config (empty string when none does)."""
+    now = dataclasses.asdict(cfg)
+    return ', '.join(f'{k}: {saved.get(k)!r} -> {v!r}' for k, v in now.items()
+                     if k not in ignore and saved.get(k) != v)
+
+
 def settings(argv, cfg=None, bench=True, refuse=None):
     """Parse --key=value; task options (--size=9) go to cfg.task_options. Defaults that do not
     apply to the chosen task are dropped; a wrong task option is reported by get_task.
@@ -207,6 +219,9 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
         if ckpt['model_config'] != dataclasses.asdict(model_cfg) or ckpt['task_config'] != task.config():
             raise SystemExit(f'error: {ckpt_path} was trained with another model or task; '
                              'use a fresh --out_dir or the same settings')
+        changed = changed_settings(ckpt['train_config'], cfg)
+        if changed and not quiet:
+            print(f'resuming {ckpt_path} with changed settings: {changed}')
         model.load_state_dict(ckpt.get('raw_model', ckpt['model']))
         if ema_model is not None: ema_model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])

@@ -88,6 +88,13 @@ def test_a_scale_without_diffusion_models_runs_c3_only_and_keeps_finished_seeds(
     assert len(summary['training_minutes_per_seed']['AR']) == 1       # only seed 1 trained in this run
     assert summary['models']['AR (left_to_right)']['per_seed'][0] == float(rows[0]['accuracy'])
     assert 'earlier run left in the folder' in (out / 'table.md').read_text()
+    # a checkpoint trained with other settings is refused, never continued or evaluated as if new
+    changed = dict(reproduce.SCALES['c3_only'], ar=dict(reproduce.SCALES['c3_only']['ar'], learning_rate=1e-4))
+    monkeypatch.setitem(reproduce.SCALES, 'c3_only', changed)
+    before = (out / 'ckpt' / 'AR_seed0' / 'ckpt.pt').read_bytes()
+    with pytest.raises(SystemExit, match=r'AR_seed0/ckpt.pt was trained with other settings \(learning_rate: 0.003 -> 0.0001\)'):
+        reproduce.main(['--scale=c3_only', '--seeds=0'])
+    assert (out / 'ckpt' / 'AR_seed0' / 'ckpt.pt').read_bytes() == before
 
 
 def test_target_checks_fail_a_target_missed_on_one_seed():

@@ -78,6 +78,18 @@ def test_unknown_setting_lists_valid_ones():
     assert cfg.task_options == {'n_numbers': 3}
 
 
+def test_resume_names_the_settings_that_changed(tmp_path, capsys):
+    from train_mdlm import changed_settings
+    first = tiny(tmp_path, max_iters=5, eval_interval=5, eval_n=4)
+    train(first, quiet=True)
+    saved = load_checkpoint(f'{tmp_path}/out/ckpt.pt')[1]['train_config']
+    assert changed_settings(saved, dataclasses.replace(first, resume=True, eval_n=99)) == ''   # system settings
+    again = dataclasses.replace(first, max_iters=6, learning_rate=1e-4, resume=True)
+    assert changed_settings(saved, again) == 'max_iters: 5 -> 6, learning_rate: 0.003 -> 0.0001'
+    train(again)
+    assert 'with changed settings: max_iters: 5 -> 6, learning_rate: 0.003 -> 0.0001' in capsys.readouterr().out
+
+
 def test_resume_refuses_foreign_or_missing_checkpoint(tmp_path):
     with pytest.raises(SystemExit, match='does not exist'):
         train(tiny(tmp_path, resume=True), quiet=True)
