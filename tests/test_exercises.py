@@ -1,6 +1,6 @@
 """exercises.py: a student copy has every region stubbed and nothing else changed; in it no
 exercise passes and every other test passes or is skipped with a reason; restoring a region
-(and the regions it needs) makes exactly those exercises pass."""
+(and the regions it needs) makes exactly those exercises pass; EXERCISES.md says what the table in exercises.py says."""
 import json, os, subprocess, sys
 import pytest
 from exercises import EXERCISES, SOURCES, regions
@@ -48,3 +48,14 @@ def test_student_copy_then_solving_exercises(tmp_path):
 def test_every_exercise_passes_in_the_full_repo():
     result = grade(os.getcwd())
     assert result['passed'] == result['total'] == len(EXERCISES), result
+
+
+def test_exercises_md_says_what_the_table_says():
+    """EXERCISES.md is the student's copy of EXERCISES: every title, place, hint, check and
+    prerequisite appears there word for word, so the two cannot drift apart."""
+    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'EXERCISES.md')).read()
+    for n, (title, where, hint, works, needs) in EXERCISES.items():
+        section = text.split(f'## {n}. {title}\n')[1].split('\n## ')[0]
+        assert f'**Where:** `{where}`' in section and f'**Hint:** {hint}' in section, n
+        assert f'**When it works:** {works}' in section, n
+        assert ('**Needs:** exercise ' + ', '.join(map(str, needs))) in section if needs else '**Needs:**' not in section, n
