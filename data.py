@@ -31,7 +31,7 @@ def read_examples(task, path, skip_bad=False):
     A bad line raises TaskFormatError('path:line: reason'); with skip_bad=True bad lines are
     skipped and returned as a list of messages: (examples, errors)."""
     examples, errors = [], []
-    with open(path, newline='') as f:
+    with open(path, newline='', encoding='utf-8-sig') as f:     # -sig: drops a byte-order mark
         lines = list(f)
     header = lines[0].strip().lower().split(',') if lines else []
     pcol = next((h for h in header if any(w in h for w in PUZZLE_COLUMNS)), None)
