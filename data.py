@@ -41,6 +41,12 @@ def read_examples(task, path, skip_bad=False):
         pcol = names[pcol]
         scol = next((h for low, h in names.items() if any(w in low for w in SOLUTION_COLUMNS)), None)
         rows = ((i + 2, row[pcol] + (',' + row[scol] if scol and row.get(scol) else '')) for i, row in enumerate(reader))
+    elif task.name == 'countdown' and ''.join(lines[:1]).lstrip().startswith('['):   # a JSON array, not jsonl
+        try:
+            items = json.loads(''.join(lines))
+        except json.JSONDecodeError as e:
+            raise TaskFormatError(f'{path}: starts with [ but is not a JSON array ({e.msg}, line {e.lineno})') from None
+        rows = ((f'item {i + 1}', json.dumps(obj)) for i, obj in enumerate(items))
     else:
         rows = ((i + 1, line) for i, line in enumerate(lines))
     for lineno, line in rows:

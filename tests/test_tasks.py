@@ -116,6 +116,17 @@ def test_countdown_reads_both_public_jsonl_forms():
             task.parse_line(bad)
 
 
+def test_countdown_reads_a_json_array_file_too(tmp_path):
+    task = get_task('countdown', n_numbers=3)
+    path = tmp_path / 'cd.json'
+    path.write_text('[{"target": 50, "nums": [15, 44, 79]},\n {"target": 6, "nums": [1, 2]}]\n')
+    assert read_examples(task, str(path), skip_bad=True) == \
+        ([('15,44,79,50', None)], [f'{path}:item 2: expected 3 numbers and a target, comma separated'])
+    path.write_text('[{"target": 50, "nums": [15, 44, 79]},')
+    with pytest.raises(TaskFormatError, match='starts with \\[ but is not a JSON array'):
+        read_examples(task, str(path))
+
+
 def test_countdown_heldout_targets_are_disjoint():
     task = get_task('countdown', n_numbers=3, heldout_targets=True)
     splits = make_splits(task, 200, 50, 50, seed=0)
