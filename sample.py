@@ -16,7 +16,7 @@ any decoder setting given on the command line overrides that.
     python sample.py --ckpt=out/mdlm/ckpt.pt --n=500                      # solve test puzzles
     python sample.py --ckpt=out/mdlm/ckpt.pt --n_latent=4 --order=random  # the paper's uniform order
     python sample.py --ckpt=out/mdlm/ckpt.pt --show --n_latent=3          # watch it decode
-    python sample.py --ckpt=out/mdm/ckpt.pt --threshold=0.9               # several tokens per pass
+    python sample.py --ckpt=out/mdm/ckpt.pt --threshold=0.999             # several tokens per pass
     python sample.py --ckpt=out/mdlm/ckpt.pt --input=puzzles.txt --output=answers.txt
 The last line printed is one JSON object (accuracy, n, nfe_per_sample, positions_per_sample,
 seconds and the decoder settings). Sweeps of k and speed benchmarks live in reproduce.py.
@@ -195,7 +195,7 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
         commit = torch.zeros_like(masked).scatter_(1, idx, commit_sub)
         new = torch.zeros_like(x).scatter_(1, idx, token)
         if trace is not None:                              # for --show: what this step did
-            trace.append(dict(latent=latent[0].clone(), commit=commit[0].clone(), x=x[0].clone()))
+            trace.append(dict(latent=latent[0].clone(), commit=commit[0].clone(), x=x[0].clone(), guess=new[0].clone()))
         x = torch.where(commit, new, x)
         if ordered:   # distinct ranks within a pass too: in training no two clean positions share one
             decoded_rank = torch.where(commit, n_pass + torch.rand(B, T, generator=gen, device=dev), decoded_rank)
@@ -324,7 +324,7 @@ def evaluate(model, task, examples, attn, decoder=None, batch_size=256, device='
 @dataclass
 class SampleConfig:
     ckpt: str = 'out/mdlm/ckpt.pt'
-    show: bool = False               # print one puzzle being decoded, latents marked *
+    show: bool = False               # print one puzzle being decoded, latents marked * with their guesses
     input: str = ''                  # a file in the task's standard format
     output: str = ''                 # where to write the answers (same format)
     skip_bad: bool = False           # skip and report malformed input lines instead of stopping
@@ -371,7 +371,9 @@ def decoder_for(ckpt, cfg):
 
 
 def show(model, task, problem, attn, decoder, device):
-    """Print one example being decoded step by step: '*' latent cells, '.' other masked cells."""
+    """Print one example being decoded step by step: '*' latent cells, '.' other masked cells, and
+    what each latent position predicts in that pass (its guess is never committed: the cell is
+    decoded later, maybe to another value, which is printed beside it)."""
     if decoder['method'] != 'latent':
         raise SystemExit('error: --show draws the latent sampler; use a semi_causal checkpoint')
     x = torch.from_numpy(task.encode(problem)[0])[None].to(device)
@@ -387,9 +389,12 @@ def show(model, task, problem, attn, decoder, device):
         print(f'step {step + 1}: decode {", ".join(f"cell {c} = {cells[c]}" for c in new)}; '
               f'{len(marks)} latent tokens (*), {int((t["x"] == MASK).sum()) - len(new) - len(marks)} other masked (.)')
         if task.name.startswith('sudoku'):
-            print('\n'.join(task.grid(cells, marks)), end='\n\n')
+            print('\n'.join(task.grid(cells, marks)))
         else:
-            print(''.join(marks.get(i, c) for i, c in enumerate(cells)), end='\n\n')
+            print(''.join(marks.get(i, c) for i, c in enumerate(cells)))
+        # what each latent position predicts in this pass (never committed), and what the cell becomes
+        guesses = [f'{c}:{task.vocab[int(t["guess"][c + start])]}/{task.vocab[int(out[0][c + start])]}' for c in sorted(marks)]
+        print(f'latent guesses (cell:guess/final): {" ".join(guesses)}' if guesses else '', end='\n\n')
     answer = task.decode_answer(out[0].cpu().numpy())
     print(f'answer {"verifies" if task.verify(problem, answer) else "is WRONG"}: {answer}')
 

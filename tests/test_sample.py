@@ -112,6 +112,32 @@ def test_evaluation_accuracy_matches_the_verifier(trained_semi_causal):
     assert r['accuracy'] == by_hand / 64 and by_hand > 3          # a tiny model beats chance (~1e-6)
 
 
+@pytest.mark.parametrize('order', ['random', 'top_prob'])
+def test_show_draws_every_step_with_its_latents_and_their_guesses(trained_semi_causal, capsys, order):
+    """--show: one step per decoded cell, each masked cell decoded once, k latents while at least
+    k others remain, each latent's guess listed next to the value the cell finally gets, and a
+    verdict that is the verifier's."""
+    from utils import load_checkpoint
+    model, _ = load_checkpoint(f'{trained_semi_causal}/out/ckpt.pt')
+    (problem, _), = generate(TASK, 1, seed=3, workers=1)
+    sample.show(model, TASK, problem, 'semi_causal', dict(sample.DECODERS['latent'][1], method='latent', n_latent=2, order=order), 'cpu')
+    out = capsys.readouterr().out
+    steps = re.findall(r'^step \d+: decode cell (\d+) = (\d); (\d+) latent tokens \(\*\), (\d+) other', out, re.M)
+    holes = [i for i, c in enumerate(problem) if c == '.']
+    assert sorted(int(c) for c, _, _, _ in steps) == holes                  # every hole once, one per step
+    answer = out.strip().splitlines()[-1].split(': ')[1]
+    assert all(answer[int(c)] == v for c, v, _, _ in steps)                 # the value shown is the one kept
+    # latents come from the masked cells besides D (random) or the 8 candidates (top_prob)
+    left = [max(0, len(holes) - i - (1 if order == 'random' else 8)) for i in range(len(holes))]
+    assert [int(k) for _, _, k, _ in steps] == [min(2, n) for n in left]
+    guesses = re.findall(r'^latent guesses \(cell:guess/final\): (.*)$', out, re.M)
+    assert len(guesses) == sum(1 for n in left if n > 0)
+    for line in guesses:
+        for cell, guess, final in (re.fullmatch(r'(\d+):(\d)/(\d)', g).groups() for g in line.split()):
+            assert answer[int(cell)] == final and problem[int(cell)] == '.'
+    assert out.strip().endswith(('verifies: ' if TASK.verify(problem, answer) else 'is WRONG: ') + answer)
+
+
 def run(*args):
     return subprocess.run([sys.executable, 'sample.py', *args], capture_output=True, text=True)
 
