@@ -33,13 +33,10 @@ def read_examples(task, path, skip_bad=False):
     examples, errors = [], []
     with open(path, newline='', encoding='utf-8-sig') as f:     # -sig: drops a byte-order mark
         lines = list(f)
-    header = lines[0].strip().lower().split(',') if lines else []
-    pcol = next((h for h in header if any(w in h for w in PUZZLE_COLUMNS)), None)
-    if task.name.startswith('sudoku') and pcol:   # CSV with a header (PUZZLE_COLUMNS, SOLUTION_COLUMNS)
-        reader = csv.DictReader(lines)
-        names = {h.strip().lower(): h for h in reader.fieldnames}
-        pcol = names[pcol]
-        scol = next((h for low, h in names.items() if any(w in low for w in SOLUTION_COLUMNS)), None)
+    column = lambda words, names: next((h for h in names if any(w in h.strip().lower() for w in words)), None)
+    if task.name.startswith('sudoku') and lines and column(PUZZLE_COLUMNS, next(csv.reader(lines[:1]))):
+        reader = csv.DictReader(lines)              # CSV with a header (PUZZLE_COLUMNS, SOLUTION_COLUMNS)
+        pcol, scol = column(PUZZLE_COLUMNS, reader.fieldnames), column(SOLUTION_COLUMNS, reader.fieldnames)
         rows = ((i + 2, row[pcol] + (',' + row[scol] if scol and row.get(scol) else '')) for i, row in enumerate(reader))
     elif task.name == 'countdown' and ''.join(lines[:1]).lstrip().startswith('['):   # a JSON array, not jsonl
         try:

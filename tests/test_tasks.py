@@ -167,7 +167,8 @@ def test_sudoku_standard_formats(tmp_path):
     for header, row in [('id,puzzle,solution', f'0,{problem},{answer}'),
                         ('quizzes,solutions', f'{problem.replace(".", "0")},{answer}'),   # Kaggle 1M
                         ('source,question,answer,rating', f'x,{problem},{answer},12'),    # sudoku-extreme
-                        ('Puzzle', problem)]:                                           # no solution column
+                        ('Puzzle', problem),                                            # no solution column
+                        ('"id", "Puzzle", "Solution"', f'0,{problem},{answer}')]:       # quoted, spaced
         csv_path.write_text(f'{header}\n{row}\n')
         assert read_examples(task, str(csv_path)) == [(problem, answer if ',' in header else None)], header
 
