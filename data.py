@@ -33,10 +33,11 @@ def read_examples(task, path, skip_bad=False):
     examples, errors = [], []
     with open(path, newline='', encoding='utf-8-sig') as f:     # -sig: drops a byte-order mark
         lines = list(f)
-    column = lambda words, names: next((h for h in names if any(w in h.strip().lower() for w in words)), None)
-    if task.name.startswith('sudoku') and lines and column(PUZZLE_COLUMNS, next(csv.reader(lines[:1]))):
-        reader = csv.DictReader(lines)              # CSV with a header (PUZZLE_COLUMNS, SOLUTION_COLUMNS)
-        pcol, scol = column(PUZZLE_COLUMNS, reader.fieldnames), column(SOLUTION_COLUMNS, reader.fieldnames)
+    header = next(csv.reader(lines[:1]), [])
+    column = lambda words: next((h for h in header if any(w in h.strip().lower() for w in words)), None)
+    pcol, scol = column(PUZZLE_COLUMNS), column(SOLUTION_COLUMNS)
+    if task.name.startswith('sudoku') and pcol:    # CSV with a header (PUZZLE_COLUMNS, SOLUTION_COLUMNS)
+        reader = csv.DictReader(lines[1:], fieldnames=header)
         rows = ((i + 2, row[pcol] + (',' + row[scol] if scol and row.get(scol) else '')) for i, row in enumerate(reader))
     elif task.name == 'countdown' and ''.join(lines[:1]).lstrip().startswith('['):   # a JSON array, not jsonl
         try:

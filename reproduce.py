@@ -29,7 +29,7 @@ import dataclasses, json, math, os, platform, sys, time
 import torch
 from sample import DECODERS, checkpoint_examples, evaluate
 from train_ar_mtp import ARConfig, objective
-from train_mdlm import TrainConfig, changed_settings, train
+from train_mdlm import TrainConfig, train
 from utils import load_checkpoint, parse_settings, pick_device
 
 # C3 models: name -> the settings that differ (train_ar_mtp.objective turns them into loss,
@@ -284,12 +284,8 @@ def main(argv):
             happened (at least partly) in an earlier run."""
             c = dataclasses.replace(c, seed=seed, device=cfg.device, out_dir=os.path.dirname(ckpt_path(name)),
                                     resume=os.path.exists(ckpt_path(name)))
-            changed = c.resume and changed_settings(load_checkpoint(ckpt_path(name))[1]['train_config'], c)
-            if changed:     # continuing it would mix two recipes (or only evaluate the old one)
-                raise SystemExit(f'error: {ckpt_path(name)} was trained with other settings ({changed}); '
-                                 f'delete it or choose another --out')
             t_train = time.time()
-            model, ck = load_checkpoint(train(c, *objective_, quiet=cfg.scale == 'smoke')[1], device)
+            model, ck = load_checkpoint(train(c, *objective_, quiet=cfg.scale == 'smoke', same_settings=True)[1], device)
             if c.resume:
                 timing['resumed_checkpoints'].append(f'{name} seed {seed}')
             else:

@@ -81,12 +81,11 @@ TASK_OPTIONS = sorted({p for name in TASKS for p in task_options(name)})
 SYSTEM_SETTINGS = ('out_dir', 'resume', 'device', 'compile', 'eval_interval', 'eval_iters', 'eval_n')
 
 
-def changed_settings(saved, cfg, ignore=SYSTEM_SETTINGS):
+def changed_settings(saved, cfg):
     """'key: saved -> now' for every training setting of cfg that differs from a checkpoint's
     saved train_config (empty string when none does)."""
-    now = dataclasses.asdict(cfg)
-    return ', '.join(f'{k}: {saved.get(k)!r} -> {v!r}' for k, v in now.items()
-                     if k not in ignore and saved.get(k) != v)
+    return ', '.join(f'{k}: {saved.get(k)!r} -> {v!r}' for k, v in dataclasses.asdict(cfg).items()
+                     if k not in SYSTEM_SETTINGS and saved.get(k) != v)
 
 
 def settings(argv, cfg=None, bench=True, refuse=None):
@@ -170,12 +169,13 @@ def setup_ddp(device):
     return rank, world, device, joined
 
 
-def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
+def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, same_settings=False):
     """Train, evaluate, checkpoint. loss_fn(model, ids, answer_mask, cfg, gen, rows) -> (loss, ce).
     `attn`/`decoder` say how the model attends and how evaluation decodes it (default: cfg.attn
     and its row of sample.DECODERS). Under torchrun, data-parallel: every process draws the same
     global batch and computes its own rows; rank 0 alone logs, evaluates and saves.
-    Returns (final metrics, checkpoint path)."""
+    On resume, settings that differ from the checkpoint's are printed, or refused with
+    same_settings=True. Returns (final metrics, checkpoint path)."""
     attn = attn or cfg.attn
     if attn not in ATTNS:
         raise SystemExit(f'error: unknown attn {attn!r}; choose from {ATTNS}')
@@ -220,6 +220,9 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False):
             raise SystemExit(f'error: {ckpt_path} was trained with another model or task; '
                              'use a fresh --out_dir or the same settings')
         changed = changed_settings(ckpt['train_config'], cfg)
+        if changed and same_settings:       # reproduce.py: never continue (or only evaluate) an old recipe
+            raise SystemExit(f'error: {ckpt_path} was trained with other settings ({changed}); '
+                             'delete it or choose another out_dir')
         if changed and not quiet:
             print(f'resuming {ckpt_path} with changed settings: {changed}')
         model.load_state_dict(ckpt.get('raw_model', ckpt['model']))
