@@ -14,7 +14,7 @@ this loop with its own loss.
     python train_mdlm.py --bench                           # training tokens/s against a plain GPT
     torchrun --standalone --nproc_per_node=2 train_mdlm.py # data-parallel, one process per device
 """
-import copy, dataclasses, math, os, sys, time
+import copy, dataclasses, math, os, statistics, sys, time
 from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
@@ -340,10 +340,13 @@ class PlainGPT(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
-def bench(cfg, iters=20, rounds=3):
+def bench(cfg, iters=20, rounds=5):
     """Tokens/s per training step: plain GPT, then ours with causal attention and with each
     diffusion structure (and, when the run uses bf16/fp16 autocast, ours in float32).
-    Interleaved rounds; the best round of each counts (least disturbed)."""
+    Interleaved rounds. Each row's ratio to the plain GPT is taken within a round (the rows of
+    one round run minutes apart at most) and the median over rounds is printed, with the range:
+    on a shared 2-core machine the speed drifts by more than the differences measured here, and
+    a ratio of each row's best round mixed rounds that ran at different speeds."""
     device, dtype, use_compile = resolve_system(cfg.device, cfg.dtype, cfg.compile)
     task = get_task(cfg.task, **cfg.task_options)
     T, B, V = task.seq_len, cfg.batch_size, len(task.vocab)
@@ -374,6 +377,16 @@ def bench(cfg, iters=20, rounds=3):
     ours_autograd_rms = norms_replaced(lambda: torch.nn.RMSNorm(cfg.n_embd))
     runs['ours, causal, LayerNorm'] = (ours_ln, causal_loss)
     runs['ours, causal, autograd RMSNorm'] = (ours_autograd_rms, causal_loss)
+    # ... and with no rotation (what rotary embeddings cost; nanoGPT has none). The copy keeps
+    # q and k laid out as the rotation leaves them, so only the rotation's arithmetic is missing
+    import model as model_py                      # Attention.forward looks rotary up here
+    def no_rotary_loss(m):
+        saved, model_py.rotary = model_py.rotary, lambda x, cos, sin: x.contiguous()
+        try:
+            return causal_loss(m)
+        finally:
+            model_py.rotary = saved
+    runs['ours, causal, no rotary'] = (ours, no_rotary_loss)
     if dtype != 'float32':                          # does autocast pay on this machine? measure it
         def float32_loss(m):
             with torch.autocast(device.split(':')[0], enabled=False):
@@ -382,8 +395,9 @@ def bench(cfg, iters=20, rounds=3):
     models = (ours, gpt, ours_ln, ours_autograd_rms)
     compiled = {id(m): torch.compile(m) if use_compile else m for m in models}
     opts = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-4) for m in models}
-    best = {}
+    best, ratios = {}, {name: [] for name in runs}
     for _ in range(rounds):
+        speed = {}
         for name, (m, loss_of) in runs.items():
             for i in range(iters + 3):
                 if i == 3:
@@ -393,14 +407,23 @@ def bench(cfg, iters=20, rounds=3):
                     loss = loss_of(compiled[id(m)])
                 opts[id(m)].zero_grad(); loss.backward(); opts[id(m)].step()
             if device == 'cuda': torch.cuda.synchronize()
-            best[name] = max(best.get(name, 0), B * T * iters / (time.time() - t))
+            speed[name] = B * T * iters / (time.time() - t)
+            best[name] = max(best.get(name, 0), speed[name])
+        for name in runs:
+            ratios[name].append(speed[name] / speed['plain GPT (causal)'])
     print(f'{task.name} {task.options}: ours {ours.num_params() / 1e6:.2f}M params, plain GPT '
           f'{sum(p.numel() for p in gpt.parameters()) / 1e6:.2f}M, batch {B} x {T} tokens, {device} {dtype} '
-          f'compile={use_compile}, best of {rounds} rounds of {iters} steps')
-    base = best['plain GPT (causal)']
+          f'compile={use_compile}, {rounds} rounds of {iters} steps: best tokens/s, and the median '
+          f'(range) over rounds of the ratio to the plain GPT in the same round')
     for name, tps in best.items():
+        r = sorted(ratios[name])
         mfu = f', MFU {ours.estimate_mfu(tps, T):.1%}' if device == 'cuda' else ''
-        print(f'  {name:30s} {tps:10.0f} tokens/s  {tps / base:.2f}x plain GPT{mfu}')
+        print(f'  {name:30s} {tps:10.0f} tokens/s  {statistics.median(r):.2f}x plain GPT '
+              f'({r[0]:.2f}-{r[-1]:.2f}){mfu}')
+    if 'plain GPT, our attend' in runs:             # like for like: the same attention code
+        r = sorted(a / b for a, b in zip(ratios['ours, causal'], ratios['plain GPT, our attend']))
+        print(f'  like for like, ours causal / plain GPT with our attend: {statistics.median(r):.2f}x '
+              f'({r[0]:.2f}-{r[-1]:.2f})')
     return best
 
 
