@@ -395,9 +395,8 @@ def bench(cfg, iters=20, rounds=5):
     models = (ours, gpt, ours_ln, ours_autograd_rms)
     compiled = {id(m): torch.compile(m) if use_compile else m for m in models}
     opts = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-4) for m in models}
-    best, ratios = {}, {name: [] for name in runs}
+    speeds = {name: [] for name in runs}          # tokens/s of each row, one entry per round
     for _ in range(rounds):
-        speed = {}
         for name, (m, loss_of) in runs.items():
             for i in range(iters + 3):
                 if i == 3:
@@ -407,23 +406,23 @@ def bench(cfg, iters=20, rounds=5):
                     loss = loss_of(compiled[id(m)])
                 opts[id(m)].zero_grad(); loss.backward(); opts[id(m)].step()
             if device == 'cuda': torch.cuda.synchronize()
-            speed[name] = B * T * iters / (time.time() - t)
-            best[name] = max(best.get(name, 0), speed[name])
-        for name in runs:
-            ratios[name].append(speed[name] / speed['plain GPT (causal)'])
+            speeds[name].append(B * T * iters / (time.time() - t))
+
+    def ratio(row, base):       # median (range) over rounds of row / base, both from the same round
+        r = sorted(a / b for a, b in zip(speeds[row], speeds[base]))
+        return f'{statistics.median(r):.2f}x', f'({r[0]:.2f}-{r[-1]:.2f})'
     print(f'{task.name} {task.options}: ours {ours.num_params() / 1e6:.2f}M params, plain GPT '
           f'{sum(p.numel() for p in gpt.parameters()) / 1e6:.2f}M, batch {B} x {T} tokens, {device} {dtype} '
           f'compile={use_compile}, {rounds} rounds of {iters} steps: best tokens/s, and the median '
           f'(range) over rounds of the ratio to the plain GPT in the same round')
+    best = {name: max(v) for name, v in speeds.items()}
     for name, tps in best.items():
-        r = sorted(ratios[name])
         mfu = f', MFU {ours.estimate_mfu(tps, T):.1%}' if device == 'cuda' else ''
-        print(f'  {name:30s} {tps:10.0f} tokens/s  {statistics.median(r):.2f}x plain GPT '
-              f'({r[0]:.2f}-{r[-1]:.2f}){mfu}')
+        median, spread = ratio(name, 'plain GPT (causal)')
+        print(f'  {name:30s} {tps:10.0f} tokens/s  {median} plain GPT {spread}{mfu}')
     if 'plain GPT, our attend' in runs:             # like for like: the same attention code
-        r = sorted(a / b for a, b in zip(ratios['ours, causal'], ratios['plain GPT, our attend']))
-        print(f'  like for like, ours causal / plain GPT with our attend: {statistics.median(r):.2f}x '
-              f'({r[0]:.2f}-{r[-1]:.2f})')
+        print(f'  like for like, ours causal / plain GPT with our attend: '
+              f'{" ".join(ratio("ours, causal", "plain GPT, our attend"))}')
     return best
 
 
