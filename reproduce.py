@@ -241,6 +241,8 @@ def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 4, 8, -1)):
 
 def main(argv):
     cfg = parse_settings(ReproduceConfig(), argv)
+    if cfg.scale not in SCALES:
+        raise SystemExit(f'error: --scale must be one of {list(SCALES)}')
     cfg.out = cfg.out or ('results' if cfg.scale == 'cpu' else f'results/{cfg.scale}')   # smoke never overwrites results/
     if cfg.table:
         return print(write_table(cfg.out))
@@ -265,8 +267,6 @@ def main(argv):
         prefix = os.path.join(os.path.dirname(cfg.ckpt), 'sweep_latent')
         rows = sweep_latent(model, ckpt, task, examples, cfg.sweep_latent, refs, prefix, device)
         return plot_dial(rows, prefix + '.png', f'{cfg.ckpt}, {cfg.n} test puzzles')
-    if cfg.scale not in SCALES:
-        raise SystemExit(f'error: --scale must be one of {list(SCALES)}')
     scale = SCALES[cfg.scale]
     n_test, seeds = scale['n_test'], [int(s) for s in cfg.seeds.split(',')]
     os.makedirs(cfg.out, exist_ok=True)

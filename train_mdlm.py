@@ -90,13 +90,17 @@ def changed_settings(saved, cfg):
 
 def settings(argv, cfg=None, bench=True, refuse=None):
     """Parse --key=value; task options (--size=9) go to cfg.task_options. Defaults that do not
-    apply to the chosen task are dropped; a wrong task option is reported by get_task.
-    Returns (cfg, bench?)."""
+    apply to the chosen task are dropped; a task option the task does not have is an error here,
+    before training or the benchmark starts. Returns (cfg, bench?)."""
     cfg, extra = parse_settings(cfg or TrainConfig(), argv, extra=TASK_OPTIONS + (['bench'] if bench else []),
                                 refuse=refuse)
     do_bench = bool(extra.pop('bench', False))
     valid = task_options(cfg.task)
     cfg.task_options = {**{k: v for k, v in cfg.task_options.items() if k in valid}, **extra}
+    try:
+        get_task(cfg.task, **cfg.task_options)
+    except ValueError as e:
+        raise SystemExit(f'error: {e}')
     return cfg, do_bench
 
 
@@ -187,10 +191,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
         raise SystemExit(f'error: batch_size {cfg.batch_size} must split evenly over {world} processes x '
                          f'grad_accum {cfg.grad_accum} (at least one example each)')
     quiet = quiet or rank != 0
-    try:
-        task = get_task(cfg.task, **cfg.task_options)
-    except ValueError as e:
-        raise SystemExit(f'error: {e}')
+    task = get_task(cfg.task, **cfg.task_options)
     splits = load_splits(task, cfg.n_train, cfg.n_val, cfg.n_test, cfg.data_seed, cfg.data_dir)
     ids, answer_mask = (torch.from_numpy(a).to(device) for a in task.encode_batch(splits['train']))
     val_ids, val_answer = (torch.from_numpy(a).to(device) for a in task.encode_batch(splits['val']))

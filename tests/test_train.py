@@ -76,6 +76,8 @@ def test_unknown_setting_lists_valid_ones():
         settings(['--max_iters=many'])
     cfg, _ = settings(['--task=countdown', '--n_numbers=3'])
     assert cfg.task_options == {'n_numbers': 3}
+    with pytest.raises(SystemExit, match="task sudoku has no option.*degree"):     # before training or --bench
+        settings(['--bench', '--degree=2'])
 
 
 def test_resume_names_the_settings_that_changed(tmp_path, capsys):
