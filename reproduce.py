@@ -66,7 +66,7 @@ SCALES = {
                 ar_models='AR,AR+MTP', n_test=300, ks='0,1,2,4,8,16,all', windows=''),
     # path_star: C3 on path-star graphs alone (76 minutes a seed on 2 cores: past the cpu scale's
     # hour). Degree 2, arm 4: a model that follows edges but does not plan solves about half (the
-    # Clever-Hans failure). At arm 3 plain AR learns to plan within 8,000 steps (README).
+    # Clever-Hans failure). At arm 3 plain AR learns to plan within 8,000 steps (results/studies.md).
     # Learning rate 1e-3: at the default 2e-3 neither model learned to follow an edge in 4,000 steps.
     # 6 layers: with 4, AR+MTP stayed at the Clever-Hans level too (56% after 12,000 steps); planning
     # back from the goal takes one lookup per hop, three hops at arm 4.
