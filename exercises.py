@@ -120,11 +120,15 @@ class ExercisesConfig:
     grade: bool = False  # grade the exercises of this copy
 
 
-if __name__ == '__main__':
-    cfg = parse_settings(ExercisesConfig(), sys.argv[1:])
+def main(argv):
+    cfg = parse_settings(ExercisesConfig(), argv)
     if cfg.make:
         make(cfg.make)
     elif cfg.grade:
         grade()
     else:
         raise SystemExit('error: use --make=DIR or --grade')
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
