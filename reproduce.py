@@ -41,25 +41,27 @@ DIFFUSION_MODELS = {'MDM': 'full', 'SIDM': 'independent', 'SCDM': 'semi_causal'}
 N_CANDIDATES = 8
 ORDERS = {'random': dict(order='random'), 'top_prob': dict(order='top_prob', n_candidates=N_CANDIDATES)}
 SMOKE = dict(preset='tiny_test', n_train=500, n_val=16, n_test=32, max_iters=20, eval_interval=20, eval_n=8)
+CPU_SUDOKU = dict(task_options=dict(size=6, givens=12), max_iters=800, eval_interval=800, eval_n=100)   # cpu, c2_long
 SCALES = {
-    # diffusion: settings of the three sudoku models (C1, C2); ar: settings of the C3 models;
-    # ar_models: which C3 models run; n_test: test puzzles per evaluation; ks: the latent sweep
-    # (ending with 'all': SCDM's C1 rows);
+    # diffusion: settings of the three sudoku models (C1, C2; None: none); ar: settings of the C3
+    # models; ar_models: which C3 models run ('': none); n_test: test puzzles per evaluation;
+    # ks: the latent sweep (ending with 'all': SCDM's C1 rows);
     # windows: extra AR+MTP models, one trained per latent window W (a window is fixed in training);
     # longer (optional): diffusion models trained longer than `diffusion` says, name -> steps
     # (evaluated once, at the end, like the others).
     'smoke': dict(diffusion=SMOKE,
                   ar=dict(SMOKE, task='path_star', task_options=dict(degree=2, arm_length=3, n_nodes=12)),
                   ar_models='AR,AR+MTP,AR-NTP,AR+MTP causal prefix', n_test=32, ks='0,1,all', windows='2'),
-    # cpu: 2 cores. Training is compute-bound there (torch.compile was no faster: AR+MTP trains
-    # 1.6x slower compiled), so the budget is set by the number of tokens. C3 runs on 6x6 Sudoku
+    # cpu: 2 cores. Training is compute-bound there (torch.compile does not pay for whole runs:
+    # AR+MTP trained 1.6x slower compiled on a Xeon, 0.89x as fast on an AMD EPYC; see
+    # results/benchmarks.md), so the budget is set by the number of tokens. C3 runs on 6x6 Sudoku
     # with the puzzle as a prompt.
     # SCDM gets twice the steps: it trains every latent count k at once and learns more slowly.
     # SIDM gets SCDM's steps too: it is SCDM's k = 0 reference, and a confidence order shows the
     # extra training even without latent tokens (C1 only gets harder: SIDM trains 2x MDM's steps).
     # The NTP-only ablation is left out to keep three seeds within an hour: at this budget it
     # solved 0% on every seed (one loss position per example); train it alone with --ntp_only.
-    'cpu': dict(diffusion=dict(task_options=dict(size=6, givens=12), max_iters=800, eval_interval=800, eval_n=100),
+    'cpu': dict(diffusion=CPU_SUDOKU,
                 longer=dict(SIDM=1600, SCDM=1600),
                 ar=dict(task='sudoku', task_options=dict(size=6, givens=12, layout='prompt'), max_iters=600,
                         eval_interval=600, eval_n=100),
@@ -74,6 +76,11 @@ SCALES = {
                       ar=dict(task='path_star', task_options=dict(degree=2, arm_length=4, n_nodes=20), n_train=100000,
                               n_layer=6, learning_rate=1e-3, max_iters=8000, eval_interval=8000, eval_n=200),
                       ar_models='AR,AR+MTP', n_test=500, ks='', windows=''),
+    # c2_long: the cpu scale's diffusion models with SCDM (and SIDM, its k = 0 reference) trained
+    # 8x MDM's steps: what it takes for the dial's top in random order to reach MDM (past the hour;
+    # results/studies.md). No C3 models.
+    'c2_long': dict(diffusion=CPU_SUDOKU, longer=dict(SIDM=6400, SCDM=6400), ar=None, ar_models='',
+                    n_test=300, ks='0,1,2,4,8,16,all', windows=''),
     # gpu: the paper-scale preset (presets/sudoku9_gpu.json), 9x9 Sudoku and path-star with 5 arms.
     'gpu': dict(diffusion='sudoku9_gpu',
                 ar=dict(preset='sudoku9_gpu', task='path_star', task_options=dict(degree=5, arm_length=5, n_nodes=50)),
@@ -320,7 +327,7 @@ def main(argv):
                 record('C1', name, order, task, r)
         # C3: the scale's AR models (AR, AR+MTP, the NTP-only ablation where listed), same task and
         # budget; one AR+MTP model per window
-        ar_models = {name: AR_MODELS[name] for name in scale['ar_models'].split(',')}
+        ar_models = {name: AR_MODELS[name] for name in filter(None, scale['ar_models'].split(','))}
         ar_models.update({f'AR+MTP W={w}': dict(mtp_window=int(w)) for w in filter(None, scale['windows'].split(','))})
         for name, differ in ar_models.items():
             c = ARConfig(**{**scale_settings(scale['ar']), **differ})

@@ -42,11 +42,13 @@ def test_every_scale_builds_valid_settings():
         if scale['diffusion'] is not None:                                             # None: C3 only
             cfg = TrainConfig(**{'task': 'sudoku', **scale_settings(scale['diffusion'])})   # unknown key: TypeError
             get_task(cfg.task, **cfg.task_options)                                     # wrong option: ValueError
-        for kw in list(AR_MODELS.values()) + [dict(mtp_window=int(w)) for w in filter(None, scale['windows'].split(','))]:
+        ar_models = set(filter(None, scale['ar_models'].split(',')))                   # '': no C3 models
+        assert ar_models <= set(AR_MODELS)
+        for kw in ([dict(mtp_window=int(w)) for w in filter(None, scale['windows'].split(','))]
+                   + (list(AR_MODELS.values()) if ar_models else [])):
             cfg = ARConfig(**{**scale_settings(scale['ar']), **kw})
             get_task(cfg.task, **cfg.task_options)
             objective(cfg)
-        assert set(scale['ar_models'].split(',')) <= set(AR_MODELS)
 
 
 def test_cache_benchmark_of_a_latent_checkpoint(trained_semi_causal):
@@ -95,6 +97,24 @@ def test_a_scale_without_diffusion_models_runs_c3_only_and_keeps_finished_seeds(
     with pytest.raises(SystemExit, match=r'AR_seed0/ckpt.pt was trained with other settings \(learning_rate: 0.003 -> 0.0001\)'):
         reproduce.main(['--scale=c3_only', '--seeds=0'])
     assert (out / 'ckpt' / 'AR_seed0' / 'ckpt.pt').read_bytes() == before
+
+
+def test_a_scale_without_ar_models_runs_c1_and_c2_only_with_longer_steps(tmp_path, monkeypatch):
+    """Like the c2_long scale: diffusion models only (ar_models=''), SCDM and SIDM trained
+    longer than MDM."""
+    import reproduce
+    monkeypatch.setitem(reproduce.SCALES, 'c2_only', dict(reproduce.SCALES['smoke'], ar=None, ar_models='', windows='',
+                                                         longer=dict(SIDM=30, SCDM=30), n_test=8, ks='0,all'))
+    monkeypatch.chdir(tmp_path)
+    reproduce.main(['--scale=c2_only', '--seeds=0'])
+    out = tmp_path / 'results' / 'c2_only'
+    rows = list(csv.DictReader(open(out / 'models.csv')))
+    assert {r['finding'] for r in rows} == {'C1'} and {r['model'] for r in rows} == {'MDM', 'SIDM', 'SCDM'}
+    steps = {name: load_checkpoint(str(out / 'ckpt' / f'{name}_seed0' / 'ckpt.pt'))[1]['train_config']['max_iters']
+             for name in ('MDM', 'SIDM', 'SCDM')}
+    assert steps == dict(MDM=20, SIDM=30, SCDM=30)
+    table = (out / 'table.md').read_text()
+    assert 'C2 random, k=all minus MDM' in table and 'C3' not in table
 
 
 def test_target_checks_fail_a_target_missed_on_one_seed():
