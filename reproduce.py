@@ -90,6 +90,14 @@ SCALES = {
 }
 
 
+def scale_ar_models(scale):
+    """The scale's C3 models, name -> the settings that differ: those named in ar_models ('':
+    none; an unknown name is a KeyError) and one AR+MTP model per window."""
+    models = {name: AR_MODELS[name] for name in scale['ar_models'].split(',') if name}
+    models.update({f'AR+MTP W={w}': dict(mtp_window=int(w)) for w in scale['windows'].split(',') if w})
+    return models
+
+
 def scale_settings(spec):
     """A scale's settings for one family: a dict, or the name of a preset file (plus overrides)."""
     if isinstance(spec, str):
@@ -328,9 +336,7 @@ def main(argv):
                 record('C1', name, order, task, r)
         # C3: the scale's AR models (AR, AR+MTP, the NTP-only ablation where listed), same task and
         # budget; one AR+MTP model per window
-        ar_models = {name: AR_MODELS[name] for name in filter(None, scale['ar_models'].split(','))}
-        ar_models.update({f'AR+MTP W={w}': dict(mtp_window=int(w)) for w in filter(None, scale['windows'].split(','))})
-        for name, differ in ar_models.items():
+        for name, differ in scale_ar_models(scale).items():
             c = ARConfig(**{**scale_settings(scale['ar']), **differ})
             loss, attn, dec = objective(c)
             model, ck, task, test = run(name, c, loss, attn, dec)

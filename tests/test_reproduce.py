@@ -34,7 +34,7 @@ def test_smoke_reproduction_writes_every_file(tmp_path):
 def test_every_scale_builds_valid_settings():
     """The gpu scale cannot be run in CI; at least its settings must be valid TrainConfigs and
     tasks, so that a typo does not surface after an hour on a GPU."""
-    from reproduce import AR_MODELS, SCALES, scale_settings
+    from reproduce import SCALES, scale_ar_models, scale_settings
     from tasks import get_task
     from train_ar_mtp import ARConfig, objective
     from train_mdlm import TrainConfig
@@ -42,10 +42,7 @@ def test_every_scale_builds_valid_settings():
         if scale['diffusion'] is not None:                                             # None: C3 only
             cfg = TrainConfig(**{'task': 'sudoku', **scale_settings(scale['diffusion'])})   # unknown key: TypeError
             get_task(cfg.task, **cfg.task_options)                                     # wrong option: ValueError
-        ar_models = set(filter(None, scale['ar_models'].split(',')))                   # '': no C3 models
-        assert ar_models <= set(AR_MODELS)
-        for kw in ([dict(mtp_window=int(w)) for w in filter(None, scale['windows'].split(','))]
-                   + (list(AR_MODELS.values()) if ar_models else [])):
+        for kw in scale_ar_models(scale).values():            # exactly the C3 models it trains; unknown name: KeyError
             cfg = ARConfig(**{**scale_settings(scale['ar']), **kw})
             get_task(cfg.task, **cfg.task_options)
             objective(cfg)
