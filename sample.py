@@ -367,6 +367,16 @@ def decoder_for(ckpt, cfg):
         if key == 'order' and value not in ('random', 'top_prob', 'margin', 'entropy'):
             raise SystemExit(f'error: --order must be random, top_prob, margin or entropy, got {value!r}')
         decoder[key] = value
+    if decoder.get('order') == 'random':
+        # in random order the latent sampler picks the positions to decode before the pass, so
+        # nothing is compared by confidence; MDM decoding compares candidates only to a threshold
+        if method == 'latent' and decoder.get('threshold'):
+            raise SystemExit('error: --threshold needs a confidence order for the latent sampler '
+                             '(--order=top_prob, margin or entropy): in random order the positions '
+                             'to decode are chosen before the pass')
+        if cfg.n_candidates is not None and (method == 'latent' or not decoder.get('threshold')):
+            raise SystemExit('error: --n_candidates has no effect with --order=random (the positions '
+                             'to decode are random); it applies to --order=top_prob, margin or entropy')
     return decoder
 
 

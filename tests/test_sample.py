@@ -169,6 +169,17 @@ def test_decoder_defaults_to_the_checkpoint_and_rejects_settings_that_do_not_app
         decoder_for(ar, SampleConfig(window=3))
     with pytest.raises(SystemExit, match='--order must be'):
         decoder_for(scdm, SampleConfig(order='uniform'))
+    # settings a random order would silently ignore
+    with pytest.raises(SystemExit, match='--n_candidates has no effect with --order=random'):
+        decoder_for(scdm, SampleConfig(order='random', n_candidates=8))
+    with pytest.raises(SystemExit, match='--threshold needs a confidence order'):
+        decoder_for(scdm, SampleConfig(order='random', threshold=0.9))
+    with pytest.raises(SystemExit, match='--n_candidates has no effect'):
+        decoder_for(mdm, SampleConfig(order='random', n_candidates=8))
+    # ...but MDM's random order with a threshold commits one random candidate plus every sure one,
+    # so there the candidates matter
+    assert decoder_for(mdm, SampleConfig(order='random', threshold=0.9, n_candidates=8))['n_candidates'] == 8
+    assert decoder_for(scdm, SampleConfig(order='top_prob', n_candidates=4))['n_candidates'] == 4
 
 
 @pytest.mark.exercise(7)
