@@ -367,16 +367,11 @@ def decoder_for(ckpt, cfg):
         if key == 'order' and value not in ('random', 'top_prob', 'margin', 'entropy'):
             raise SystemExit(f'error: --order must be random, top_prob, margin or entropy, got {value!r}')
         decoder[key] = value
-    if decoder.get('order') == 'random':
-        # in random order the latent sampler picks the positions to decode before the pass, so
-        # nothing is compared by confidence; MDM decoding compares candidates only to a threshold
-        if method == 'latent' and decoder.get('threshold'):
-            raise SystemExit('error: --threshold needs a confidence order for the latent sampler '
-                             '(--order=top_prob, margin or entropy): in random order the positions '
-                             'to decode are chosen before the pass')
-        if cfg.n_candidates is not None and (method == 'latent' or not decoder.get('threshold')):
-            raise SystemExit('error: --n_candidates has no effect with --order=random (the positions '
-                             'to decode are random); it applies to --order=top_prob, margin or entropy')
+    # in random order nothing is compared by confidence, except MDM's candidates against a threshold
+    if (decoder.get('order') == 'random' and cfg.n_candidates is not None
+            and (method == 'latent' or not decoder.get('threshold'))):
+        raise SystemExit('error: --n_candidates has no effect with --order=random (the positions '
+                         'to decode are random); it applies to --order=top_prob, margin or entropy')
     return decoder
 
 
@@ -441,10 +436,13 @@ def main(argv):
     task = get_task(**ckpt['task_config'])
     decoder = decoder_for(ckpt, cfg)
     examples = load_examples(task, ckpt, cfg)
-    if cfg.show:
-        return show(model, task, examples[0][0], ckpt['attn'], decoder, device)
-    result = evaluate(model, task, examples, ckpt['attn'], decoder, cfg.batch_size, device, cfg.dtype, cfg.seed,
-                      return_answers=True)
+    try:
+        if cfg.show:
+            return show(model, task, examples[0][0], ckpt['attn'], decoder, device)
+        result = evaluate(model, task, examples, ckpt['attn'], decoder, cfg.batch_size, device, cfg.dtype,
+                          cfg.seed, return_answers=True)
+    except ValueError as e:       # settings the decoder itself refuses (e.g. a threshold in random order)
+        raise SystemExit(f'error: {e}')
     answers, valid = result.pop('answers'), result.pop('valid')
     if cfg.output:
         write_examples(task, cfg.output, [(p, a) for (p, _), a in zip(examples, answers)])

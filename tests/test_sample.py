@@ -172,8 +172,6 @@ def test_decoder_defaults_to_the_checkpoint_and_rejects_settings_that_do_not_app
     # settings a random order would silently ignore
     with pytest.raises(SystemExit, match='--n_candidates has no effect with --order=random'):
         decoder_for(scdm, SampleConfig(order='random', n_candidates=8))
-    with pytest.raises(SystemExit, match='--threshold needs a confidence order'):
-        decoder_for(scdm, SampleConfig(order='random', threshold=0.9))
     with pytest.raises(SystemExit, match='--n_candidates has no effect'):
         decoder_for(mdm, SampleConfig(order='random', n_candidates=8))
     # ...but MDM's random order with a threshold commits one random candidate plus every sure one,
@@ -229,7 +227,8 @@ def test_bad_input_gives_one_clear_error(trained_semi_causal, tmp_path):
              ([ck, '--frobnicate=1'], 'unknown setting'),
              ([ck, '--window=3'], '--window does not apply'),
              ([ck, '--eval'], 'drop --eval'),
-             ([ck, '--n_latent=some'], '--n_latent must be')]
+             ([ck, '--n_latent=some'], '--n_latent must be'),
+             ([ck, '--order=random', '--threshold=0.9'], 'a threshold needs a confidence order')]
     for args, message in cases:                  # in-process: a subprocess per case cost 1.5 s of imports
         with pytest.raises(SystemExit, match=re.escape(message)):
             sample.main(args)
