@@ -46,6 +46,10 @@ def choose_tokens(logits, temperature, gen):
     return token, probs
 
 
+CONFIDENCE_ORDERS = ('top_prob', 'margin', 'entropy')     # the orders score() ranks by confidence
+COMMIT_ORDERS = ('random',) + CONFIDENCE_ORDERS             # every --order
+
+
 def score(probs, order, gen):
     """How confident a position is (higher = decode sooner)."""
     if order == 'random':
@@ -54,7 +58,7 @@ def score(probs, order, gen):
     if order == 'top_prob': return top2[..., 0]
     if order == 'margin': return top2[..., 0] - top2[..., 1]
     if order == 'entropy': return (probs * probs.clamp_min(1e-30).log()).sum(-1)
-    raise ValueError(f'unknown order {order!r}; choose random, top_prob, margin or entropy')
+    raise ValueError(f'unknown order {order!r}; choose {", ".join(COMMIT_ORDERS)}')
 
 
 def pick_top(scores, allowed, m):
@@ -132,7 +136,7 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
     its keys/values, so with any cache_refresh != 0 each pass appends the keys/values of the
     clean positions it ran to the cache, never recomputes them, and the cache is exact."""
     if order == 'random' and threshold > 0:
-        raise ValueError('a threshold needs a confidence order (top_prob, margin, entropy), not random')
+        raise ValueError(f'a threshold needs a confidence order ({", ".join(CONFIDENCE_ORDERS)}), not random')
     x = x.clone()
     B, T = x.shape
     dev = x.device
@@ -364,14 +368,14 @@ def decoder_for(ckpt, cfg):
                              f'its settings: {valid})')
         if key == 'n_latent' and value != 'all' and not (isinstance(value, int) and value >= 0):
             raise SystemExit(f"error: --n_latent must be a count >= 0 or 'all', got {value!r}")
-        if key == 'order' and value not in ('random', 'top_prob', 'margin', 'entropy'):
-            raise SystemExit(f'error: --order must be random, top_prob, margin or entropy, got {value!r}')
+        if key == 'order' and value not in COMMIT_ORDERS:
+            raise SystemExit(f'error: --order must be one of {", ".join(COMMIT_ORDERS)}, got {value!r}')
         decoder[key] = value
     # in random order nothing is compared by confidence, except MDM's candidates against a threshold
     if (decoder.get('order') == 'random' and cfg.n_candidates is not None
             and (method == 'latent' or not decoder.get('threshold'))):
-        raise SystemExit('error: --n_candidates has no effect with --order=random (the positions '
-                         'to decode are random); it applies to --order=top_prob, margin or entropy')
+        raise SystemExit('error: --n_candidates has no effect with --order=random (the positions to '
+                         f'decode are random); it applies to the confidence orders {", ".join(CONFIDENCE_ORDERS)}')
     return decoder
 
 
