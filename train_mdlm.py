@@ -209,6 +209,10 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
                                    dict(params=no_decay, weight_decay=0.0)],
                                   lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                                   fused=device.startswith('cuda'))
+    # float16 (for GPUs without bf16) keeps 5 exponent bits: small gradients underflow to zero
+    # unless the loss is scaled up first (and the gradients down before clipping). The scaler
+    # skips a step whose gradients overflowed and lowers the scale. bf16 and float32 need none.
+    scaler = torch.amp.GradScaler(device.split(':')[0], enabled=dtype == 'float16')
     # EMA: a second copy of the weights, averaged after every step; evaluation and the saved
     # 'model' use it. Without EMA, eval_model is the trained model itself.
     ema_model = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
@@ -229,6 +233,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
         model.load_state_dict(ckpt.get('raw_model', ckpt['model']))
         if ema_model is not None: ema_model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
+        if ckpt.get('scaler'): scaler.load_state_dict(ckpt['scaler'])
         step, history = ckpt['step'], ckpt['history']
         gen.set_state(ckpt['rng']['gen'].cpu())        # generator states are CPU byte tensors
         torch.set_rng_state(ckpt['rng']['torch'].cpu())
@@ -256,15 +261,19 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
             if world > 1: step_model.require_backward_grad_sync = a == cfg.grad_accum - 1
             with autocast(device, dtype):
                 loss, ce = loss_fn(step_model, batch, batch_answer, cfg, gen, slice(first, first + micro))
-            (loss / cfg.grad_accum).backward()
+            scaler.scale(loss / cfg.grad_accum).backward()
+        scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        if not torch.isfinite(loss.detach() + grad_norm):   # stop before the bad step touches the weights
+        # Stop before a bad step touches the weights: a non-finite loss, or non-finite gradients
+        # unless the float16 scaler is on (then they mean the scale was too high: it skips the step)
+        if not torch.isfinite(loss.detach()) or (not scaler.is_enabled() and not torch.isfinite(grad_norm)):
             bar.close()
             raise SystemExit(f'error: training diverged at step {step}: loss {loss.item():.4g}, gradient norm '
                              f'{grad_norm.item():.4g} (lr {lr:.2g}). Nothing was saved; the last checkpoint '
                              f'{ckpt_path} (step {history[-1]["step"] if history else "none"}) is untouched. '
                              'Lower --learning_rate or use --grad_clip=1.')
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         if ema_model is not None:
             with torch.no_grad():
                 for e, p in zip(ema_model.parameters(), model.parameters()): e.lerp_(p, 1 - cfg.ema)
@@ -291,7 +300,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
         if device.startswith('cuda'): rng['cuda'] = torch.cuda.get_rng_state()
         state = dict(model=eval_model.state_dict(), model_config=dataclasses.asdict(model_cfg),
                      task_config=task.config(), train_config=dataclasses.asdict(cfg), attn=attn, decoder=decoder,
-                     optimizer=optimizer.state_dict(), step=step, history=history, metrics=metrics, rng=rng)
+                     optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step, history=history, metrics=metrics, rng=rng)
         if ema_model is not None: state['raw_model'] = model.state_dict()
         save_checkpoint(ckpt_path, **state)
         if not quiet:

@@ -159,3 +159,31 @@ def test_training_benchmark_measures_every_row(capsys):
     out = capsys.readouterr().out
     assert all(name in out for name in expected) and '1.00x plain GPT (1.00-1.00)' in out
     assert 'like for like, ours causal / plain GPT with our attend' in out
+
+
+def test_float16_scales_the_loss_and_skips_a_step_whose_gradients_overflow(tmp_path, monkeypatch):
+    """--dtype=float16 (GPUs without bf16) trains through a GradScaler, the CUDA path checked on
+    CPU: with a scale so high that the scaled gradients overflow, the step is skipped (weights as
+    initialised, scale halved), not reported as divergence; at an ordinary scale the step is
+    taken; the scale is checkpointed and a resumed run continues from it. bf16 has no scaler."""
+    real = torch.amp.GradScaler
+    init_scale = {'value': 2.0 ** 100}
+    monkeypatch.setattr(torch.amp, 'GradScaler', lambda *a, **k: real(*a, init_scale=init_scale['value'], **k))
+    from model import ModelConfig, Transformer
+    cfg = tiny(tmp_path / 'high', max_iters=1, eval_interval=1, eval_n=4, dtype='float16')
+    train(cfg, quiet=True)
+    _, ckpt = load_checkpoint(f'{tmp_path}/high/out/ckpt.pt')
+    torch.manual_seed(cfg.seed)
+    w0 = Transformer(ModelConfig(**ckpt['model_config'])).state_dict()
+    assert all(torch.equal(ckpt['model'][k], w0[k]) for k in w0)                   # skipped
+    assert ckpt['scaler']['scale'] == 2.0 ** 99
+    train(dataclasses.replace(cfg, max_iters=2, resume=True), quiet=True)
+    assert load_checkpoint(f'{tmp_path}/high/out/ckpt.pt')[1]['scaler']['scale'] == 2.0 ** 98   # from 2^99
+
+    init_scale['value'] = 2.0 ** 8
+    train(dataclasses.replace(cfg, out_dir=f'{tmp_path}/low/out'), quiet=True)
+    _, ckpt = load_checkpoint(f'{tmp_path}/low/out/ckpt.pt')
+    assert not torch.equal(ckpt['model']['embed.weight'], w0['embed.weight'])      # taken
+    assert ckpt['scaler']['scale'] == 2.0 ** 8
+    train(dataclasses.replace(cfg, out_dir=f'{tmp_path}/bf16/out', dtype='bfloat16'), quiet=True)
+    assert load_checkpoint(f'{tmp_path}/bf16/out/ckpt.pt')[1]['scaler'] == {}
