@@ -70,7 +70,8 @@ class TrainConfig:
     device: str = 'auto'              # auto | cpu | cuda | mps (under torchrun: one device per process)
     dtype: str = 'auto'               # auto (bf16 where supported) | bfloat16 | float16 | float32
     compile: str = 'auto'             # auto (on for CUDA) | true | false
-    seed: int = 0
+    seed: int = 0                     # initial weights, dropout, batch order and masking noise
+    init_seed: int = -1               # initial weights and dropout alone (-1: seed); to tell which one a result depends on
 
 
 DIFFUSION_ATTNS = tuple(a for a, method in ATTN_METHOD.items() if method in ('mdm', 'latent'))   # sample.py's table
@@ -198,7 +199,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
     if cfg.mask_all:
         answer_mask[:], val_answer[:] = True, True
 
-    torch.manual_seed(cfg.seed)                                     # initial weights, dropout
+    torch.manual_seed(cfg.seed if cfg.init_seed < 0 else cfg.init_seed)    # initial weights, dropout
     gen = torch.Generator(device=device).manual_seed(cfg.seed)     # data order and masking
     model_cfg = ModelConfig(vocab_size=len(task.vocab), block_size=task.seq_len, n_layer=cfg.n_layer,
                             n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)

@@ -187,3 +187,21 @@ def test_float16_scales_the_loss_and_skips_a_step_whose_gradients_overflow(tmp_p
     assert ckpt['scaler']['scale'] == 2.0 ** 8
     train(dataclasses.replace(cfg, out_dir=f'{tmp_path}/bf16/out', dtype='bfloat16'), quiet=True)
     assert load_checkpoint(f'{tmp_path}/bf16/out/ckpt.pt')[1]['scaler'] == {}
+
+
+def test_init_seed_changes_the_initial_weights_and_nothing_else(tmp_path):
+    """seed fixes the initial weights and the batch order; init_seed, when set, takes the initial
+    weights over alone: so a result can be traced to one or the other."""
+    def run(name, **kw):
+        seen = dict(batches=[])
+        def spy(model, ids, answer_mask, cfg, gen, rows=slice(None)):
+            seen.setdefault('w0', model.embed.weight.detach().clone())
+            seen['batches'].append(ids.clone())
+            return diffusion_loss(model, ids, answer_mask, cfg, gen, rows)
+        train(tiny(tmp_path / name, max_iters=2, eval_interval=2, eval_n=4, **kw), loss_fn=spy, quiet=True)
+        return seen['w0'], torch.stack(seen['batches'])
+    w, batches = run('default')
+    w_init5, batches_init5 = run('init5', init_seed=5)
+    w_seed3, batches_seed3 = run('seed3_init0', seed=3, init_seed=0)
+    assert torch.equal(batches_init5, batches) and not torch.equal(w_init5, w)
+    assert torch.equal(w_seed3, w) and not torch.equal(batches_seed3, batches)
