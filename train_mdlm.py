@@ -84,7 +84,9 @@ SYSTEM_SETTINGS = ('out_dir', 'resume', 'device', 'compile', 'eval_interval', 'e
 
 def changed_settings(saved, cfg):
     """'key: saved -> now' for every training setting of cfg that differs from a checkpoint's
-    saved train_config (empty string when none does)."""
+    saved train_config (empty string when none does). A setting added after the checkpoint was
+    written counts as its default, which is what the checkpoint was trained with."""
+    saved = {**{f.name: f.default for f in dataclasses.fields(cfg)}, **saved}
     return ', '.join(f'{k}: {saved.get(k)!r} -> {v!r}' for k, v in dataclasses.asdict(cfg).items()
                      if k not in SYSTEM_SETTINGS and saved.get(k) != v)
 

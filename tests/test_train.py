@@ -86,6 +86,8 @@ def test_resume_names_the_settings_that_changed(tmp_path, capsys):
     train(first, quiet=True)
     saved = load_checkpoint(f'{tmp_path}/out/ckpt.pt')[1]['train_config']
     assert changed_settings(saved, dataclasses.replace(first, resume=True, eval_n=99)) == ''   # system settings
+    older = {k: v for k, v in saved.items() if k != 'init_seed'}        # written before init_seed existed
+    assert changed_settings(older, first) == '' and changed_settings(older, dataclasses.replace(first, init_seed=2)) == 'init_seed: -1 -> 2'
     again = dataclasses.replace(first, max_iters=6, learning_rate=1e-4, resume=True)
     assert changed_settings(saved, again) == 'max_iters: 5 -> 6, learning_rate: 0.003 -> 0.0001'
     train(again)
