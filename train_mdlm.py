@@ -87,8 +87,8 @@ def changed_settings(saved, cfg):
     saved train_config (empty string when none does). A setting added after the checkpoint was
     written counts as its default, which is what the checkpoint was trained with."""
     saved = {**{f.name: f.default for f in dataclasses.fields(cfg)}, **saved}
-    return ', '.join(f'{k}: {saved.get(k)!r} -> {v!r}' for k, v in dataclasses.asdict(cfg).items()
-                     if k not in SYSTEM_SETTINGS and saved.get(k) != v)
+    return ', '.join(f'{k}: {saved[k]!r} -> {v!r}' for k, v in dataclasses.asdict(cfg).items()
+                     if k not in SYSTEM_SETTINGS and saved[k] != v)
 
 
 def settings(argv, cfg=None, bench=True, refuse=None):
@@ -267,9 +267,9 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
             scaler.scale(loss / cfg.grad_accum).backward()
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        # Stop before a bad step touches the weights: a non-finite loss, or non-finite gradients
-        # unless the float16 scaler is on (then they mean the scale was too high: it skips the step)
-        if not torch.isfinite(loss.detach()) or (not scaler.is_enabled() and not torch.isfinite(grad_norm)):
+        # Stop before a bad step touches the weights (one check, one sync): a non-finite loss or,
+        # without the float16 scaler, gradient (with it, inf gradients mean a skipped step)
+        if not torch.isfinite(loss.detach() if scaler.is_enabled() else loss.detach() + grad_norm):
             bar.close()
             raise SystemExit(f'error: training diverged at step {step}: loss {loss.item():.4g}, gradient norm '
                              f'{grad_norm.item():.4g} (lr {lr:.2g}). Nothing was saved; the last checkpoint '

@@ -41,6 +41,13 @@ def tiny(tmp_path, **kw):
     return dataclasses.replace(cfg, **kw)
 
 
+def initial_weights(cfg, ckpt):
+    """The weights a run of cfg (no init_seed) started from, for the model ckpt describes."""
+    from model import ModelConfig, Transformer
+    torch.manual_seed(cfg.seed)
+    return Transformer(ModelConfig(**ckpt['model_config'])).state_dict()
+
+
 def learned(metrics):
     assert metrics['val_loss'] < 0.6 * math.log(4)           # well under a uniform guess over 4 digits
     assert metrics['val_accuracy'] > 0.1    # chance (10 blanks, 4 digits each) is about 1e-6
@@ -105,12 +112,10 @@ def test_resume_refuses_foreign_or_missing_checkpoint(tmp_path):
 def test_ema_weights_are_the_average_of_the_raw_ones(tmp_path):
     """After one step from the initial weights w0 to w1, EMA = w0 + (1 - ema) (w1 - w0): the saved
     'model' (used for evaluation and sampling) is the EMA, 'raw_model' the trained weights."""
-    from model import ModelConfig, Transformer
     cfg = tiny(tmp_path, max_iters=1, eval_interval=1, eval_n=4, ema=0.75)
     train(cfg, quiet=True)
     _, ckpt = load_checkpoint(f'{tmp_path}/out/ckpt.pt')
-    torch.manual_seed(cfg.seed)
-    w0 = Transformer(ModelConfig(**ckpt['model_config'])).state_dict()
+    w0 = initial_weights(cfg, ckpt)
     for k, raw in ckpt['raw_model'].items():
         assert not torch.equal(raw, w0[k]) or k.endswith('norm.weight'), k       # it trained
         assert torch.allclose(ckpt['model'][k], w0[k] + 0.25 * (raw - w0[k]), atol=1e-6), k
@@ -169,20 +174,19 @@ def test_float16_scales_the_loss_and_skips_a_step_whose_gradients_overflow(tmp_p
     initialised, scale halved), not reported as divergence; at an ordinary scale the step is
     taken; the scale is checkpointed and a resumed run continues from it. bf16 has no scaler."""
     real = torch.amp.GradScaler
-    init_scale = {'value': 2.0 ** 100}
-    monkeypatch.setattr(torch.amp, 'GradScaler', lambda *a, **k: real(*a, init_scale=init_scale['value'], **k))
-    from model import ModelConfig, Transformer
+    def start_scale(scale):
+        monkeypatch.setattr(torch.amp, 'GradScaler', lambda *a, **k: real(*a, init_scale=scale, **k))
+    start_scale(2.0 ** 100)
     cfg = tiny(tmp_path / 'high', max_iters=1, eval_interval=1, eval_n=4, dtype='float16')
     train(cfg, quiet=True)
     _, ckpt = load_checkpoint(f'{tmp_path}/high/out/ckpt.pt')
-    torch.manual_seed(cfg.seed)
-    w0 = Transformer(ModelConfig(**ckpt['model_config'])).state_dict()
+    w0 = initial_weights(cfg, ckpt)
     assert all(torch.equal(ckpt['model'][k], w0[k]) for k in w0)                   # skipped
     assert ckpt['scaler']['scale'] == 2.0 ** 99
     train(dataclasses.replace(cfg, max_iters=2, resume=True), quiet=True)
     assert load_checkpoint(f'{tmp_path}/high/out/ckpt.pt')[1]['scaler']['scale'] == 2.0 ** 98   # from 2^99
 
-    init_scale['value'] = 2.0 ** 8
+    start_scale(2.0 ** 8)
     train(dataclasses.replace(cfg, out_dir=f'{tmp_path}/low/out'), quiet=True)
     _, ckpt = load_checkpoint(f'{tmp_path}/low/out/ckpt.pt')
     assert not torch.equal(ckpt['model']['embed.weight'], w0['embed.weight'])      # taken
