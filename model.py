@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+INIT_STD = 0.02         # GPT-2's scale for the initial weights (train_mdlm.py's --init_std rescales it)
 ATTNS = ('full', 'independent', 'semi_causal', 'semi_causal_ordered', 'masked_full',
          'causal', 'prefix', 'causal_prefix')
 
@@ -225,12 +226,12 @@ class Transformer(nn.Module):
         self.apply(self._init)
         for name, p in self.named_parameters():      # GPT-2 scaled init of residual projections
             if name.endswith('proj.weight') or name.endswith('mlp.2.weight'):
-                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+                nn.init.normal_(p, 0.0, INIT_STD / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod
     def _init(m):
         if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
+            nn.init.normal_(m.weight, 0.0, INIT_STD)
 
     def forward(self, idx, pos=None, attn_mask=None, is_causal=False, targets=None, cache=None):
         """idx [B, T] token ids; pos [B, T] position ids (default 0..T-1); attn_mask [B, T, T] from

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
-from model import ATTNS, ModelConfig, Transformer, attend, attention_mask
+from model import ATTNS, INIT_STD, ModelConfig, Transformer, attend, attention_mask
 from sample import ATTN_METHOD, default_decoder, evaluate
 from data import load_splits
 from tasks import MASK, TASKS, get_task, task_options
@@ -72,6 +72,7 @@ class TrainConfig:
     compile: str = 'auto'             # auto (on for CUDA) | true | false
     seed: int = 0                     # initial weights, dropout, batch order and masking noise
     init_seed: int = -1               # initial weights and dropout alone (-1: seed); to tell which one a result depends on
+    init_std: float = INIT_STD        # scale of the initial weights: the model's draw, every matrix rescaled by init_std / INIT_STD
 
 
 DIFFUSION_ATTNS = tuple(a for a, method in ATTN_METHOD.items() if method in ('mdm', 'latent'))   # sample.py's table
@@ -186,6 +187,8 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
     attn = attn or cfg.attn
     if attn not in ATTNS:
         raise SystemExit(f'error: unknown attn {attn!r}; choose from {ATTNS}')
+    if not cfg.init_std > 0:
+        raise SystemExit(f'error: init_std must be positive (the initial weights\' scale), got {cfg.init_std}')
     decoder = decoder or default_decoder(attn)
     device, dtype, use_compile = resolve_system(cfg.device, cfg.dtype, cfg.compile)
     rank, world, device, joined = setup_ddp(device)
@@ -206,6 +209,11 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
     model_cfg = ModelConfig(vocab_size=len(task.vocab), block_size=task.seq_len, n_layer=cfg.n_layer,
                             n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)
     model = Transformer(model_cfg).to(device)
+    if cfg.init_std != INIT_STD:    # the same draw at another scale: a result's scale apart from its draw
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() >= 2:        # embeddings and linear layers; the norms' weights stay 1
+                    p.mul_(cfg.init_std / INIT_STD)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=cfg.weight_decay),

@@ -211,3 +211,23 @@ def test_init_seed_changes_the_initial_weights_and_nothing_else(tmp_path):
     w_seed3, batches_seed3 = run('seed3_init0', seed=3, init_seed=0)
     assert torch.equal(batches_init5, batches) and not torch.equal(w_init5, w)
     assert torch.equal(w_seed3, w) and not torch.equal(batches_seed3, batches)
+
+
+def test_init_std_rescales_the_same_initial_draw(tmp_path):
+    """init_std scales every matrix of the seed's initial weights by one factor (so a result's
+    scale can be told from its draw), leaves the norms' weights at 1, and must be positive."""
+    def initial(name, **kw):
+        seen = {}
+        def spy(model, ids, answer_mask, cfg, gen, rows=slice(None)):
+            seen.setdefault('w0', {k: v.detach().clone() for k, v in model.state_dict().items()})
+            return diffusion_loss(model, ids, answer_mask, cfg, gen, rows)
+        train(tiny(tmp_path / name, max_iters=1, eval_interval=1, eval_n=4, **kw), loss_fn=spy, quiet=True)
+        return seen['w0']
+    default, small = initial('default'), initial('small', init_std=0.005)
+    assert default.keys() == small.keys()
+    for name, w in default.items():
+        expected = w / 4 if w.dim() >= 2 else w
+        assert torch.allclose(small[name], expected, rtol=1e-6, atol=0), name
+    assert small['norm.weight'].eq(1).all() and not torch.equal(small['embed.weight'], default['embed.weight'])
+    with pytest.raises(SystemExit, match='init_std must be positive'):
+        train(tiny(tmp_path / 'zero', init_std=0.0), quiet=True)
