@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-INIT_STD = 0.02         # GPT-2's scale for the initial weights (train_mdlm.py's --init_std rescales it)
+INIT_STD = 0.02         # GPT-2's scale for the initial weights
 ATTNS = ('full', 'independent', 'semi_causal', 'semi_causal_ordered', 'masked_full',
          'causal', 'prefix', 'causal_prefix')
 
@@ -216,22 +216,27 @@ class KVCache:
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, init_std=INIT_STD):
+        """init_std scales the initial weights (not in cfg: a checkpoint's weights replace them)."""
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.pos_embed = nn.Embedding(cfg.block_size, cfg.n_embd)     # absolute, by position id
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.n_embd)
-        self.apply(self._init)
-        for name, p in self.named_parameters():      # GPT-2 scaled init of residual projections
-            if name.endswith('proj.weight') or name.endswith('mlp.2.weight'):
-                nn.init.normal_(p, 0.0, INIT_STD / math.sqrt(2 * cfg.n_layer))
+        # GPT-2's draw, then scaled by init_std / INIT_STD (not drawn at init_std): every scale
+        # gets the seed's draw bit for bit, so a result's scale can be told apart from its draw
+        scale = init_std / INIT_STD
+        with torch.no_grad():
+            self.apply(lambda m: self._init(m, scale))
+            for name, p in self.named_parameters():      # GPT-2 scaled init of residual projections
+                if name.endswith('proj.weight') or name.endswith('mlp.2.weight'):
+                    nn.init.normal_(p, 0.0, INIT_STD / math.sqrt(2 * cfg.n_layer)).mul_(scale)
 
     @staticmethod
-    def _init(m):
+    def _init(m, scale):
         if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, 0.0, INIT_STD)
+            nn.init.normal_(m.weight, 0.0, INIT_STD).mul_(scale)
 
     def forward(self, idx, pos=None, attn_mask=None, is_causal=False, targets=None, cache=None):
         """idx [B, T] token ids; pos [B, T] position ids (default 0..T-1); attn_mask [B, T, T] from

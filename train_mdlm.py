@@ -72,7 +72,7 @@ class TrainConfig:
     compile: str = 'auto'             # auto (on for CUDA) | true | false
     seed: int = 0                     # initial weights, dropout, batch order and masking noise
     init_seed: int = -1               # initial weights and dropout alone (-1: seed); to tell which one a result depends on
-    init_std: float = INIT_STD        # scale of the initial weights: the model's draw, every matrix rescaled by init_std / INIT_STD
+    init_std: float = INIT_STD        # scale of the initial weights (GPT-2's 0.02); the seed fixes the draw
 
 
 DIFFUSION_ATTNS = tuple(a for a, method in ATTN_METHOD.items() if method in ('mdm', 'latent'))   # sample.py's table
@@ -208,12 +208,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
     gen = torch.Generator(device=device).manual_seed(cfg.seed)     # data order and masking
     model_cfg = ModelConfig(vocab_size=len(task.vocab), block_size=task.seq_len, n_layer=cfg.n_layer,
                             n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)
-    model = Transformer(model_cfg).to(device)
-    if cfg.init_std != INIT_STD:    # the same draw at another scale: a result's scale apart from its draw
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.dim() >= 2:        # embeddings and linear layers; the norms' weights stay 1
-                    p.mul_(cfg.init_std / INIT_STD)
+    model = Transformer(model_cfg, cfg.init_std).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=cfg.weight_decay),
