@@ -133,7 +133,7 @@ def load_splits(task, n_train, n_val, n_test, seed=0, data_dir='data'):
 class TasksCLI:
     task: str = 'sudoku'
     n: int = 10                 # examples to generate
-    seed: int = 0
+    seed: int = 0               # the same seed gives the same examples on any machine
     split: str = 'train'        # train | val | test (countdown's held-out targets differ)
     out: str = ''               # write the examples here instead of printing them
     check: str = ''             # verify the answers in this file instead of generating

@@ -112,8 +112,8 @@ def scale_settings(spec):
 
 @dataclasses.dataclass
 class ReproduceConfig:
-    scale: str = 'cpu'
-    seeds: str = '0,1,2'
+    scale: str = 'cpu'         # smoke | cpu | path_star | c2_long | gpu (SCALES in this file)
+    seeds: str = '0,1,2'       # one full run per seed
     out: str = ''              # default: results/ for the cpu scale, results/<scale>/ for the others
     device: str = 'auto'
     table: bool = False        # only (re)write <out>/table.md from <out>/summary.json

@@ -327,27 +327,27 @@ def evaluate(model, task, examples, attn, decoder=None, batch_size=256, device='
 
 @dataclass
 class SampleConfig:
-    ckpt: str = 'out/mdlm/ckpt.pt'
+    ckpt: str = 'out/mdlm/ckpt.pt'     # the checkpoint; it fixes the task and the decoder
     show: bool = False               # print one puzzle being decoded, latents marked * with their guesses
     input: str = ''                  # a file in the task's standard format
     output: str = ''                 # where to write the answers (same format)
     skip_bad: bool = False           # skip and report malformed input lines instead of stopping
     n: int = 1000                    # test examples to decode
-    split: str = 'test'
+    split: str = 'test'              # train | val | test: the split decoded when no --input is given
     # decoder settings: None = as the checkpoint was evaluated in training
     n_latent: str = None             # latent sampler: an int or 'all'
     order: str = None                # random | top_prob | margin | entropy
     n_candidates: int = None         # top_prob & co: choose among this many random masked positions (0 = all)
-    tokens_per_step: int = None
+    tokens_per_step: int = None      # positions committed per forward pass
     threshold: float = None          # also commit every candidate this confident (0 = off)
     temperature: float = None        # 0 = greedy
     window: int = None               # ar_mtp: latent window (-1 = all)
     use_cache: bool = None           # ar / ar_mtp with a causal prefix
     cache_refresh: int = None        # latent: keep clean keys/values, recomputed every r passes (0 = off, -1 = never)
-    batch_size: int = 256
-    device: str = 'auto'
+    batch_size: int = 256            # examples decoded together
+    device: str = 'auto'             # auto | cpu | cuda | mps
     dtype: str = 'float32'
-    seed: int = 0
+    seed: int = 0                    # random orders, candidates and sampling
 
 
 DECODER_SETTINGS = ('n_latent', 'order', 'n_candidates', 'tokens_per_step', 'threshold', 'temperature',

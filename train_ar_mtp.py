@@ -33,6 +33,7 @@ from train_mdlm import TrainConfig, settings, train
 class ARConfig(TrainConfig):
     task_options: dict = field(default_factory=lambda: dict(size=6, layout='prompt'))
     out_dir: str = 'out/ar'
+    # AR and AR+MTP
     mtp_window: int = 0               # 0: plain AR;  W > 0 (or -1 = all): AR+MTP
     ntp_only: bool = False            # ablation: loss on the first masked position only
     prefix: str = 'full'              # full | causal (a cacheable prefix)

@@ -30,9 +30,9 @@ from utils import autocast, load_checkpoint, parse_settings, resolve_system, sav
 @dataclass
 class TrainConfig:
     # task (task options such as --size=6 --givens=14 land in task_options)
-    task: str = 'sudoku'
+    task: str = 'sudoku'              # sudoku | sudoku_gen | countdown | zebra | path_star
     task_options: dict = field(default_factory=lambda: dict(size=6))
-    n_train: int = 20000
+    n_train: int = 20000              # training examples (generated once, cached under data_dir)
     n_val: int = 500
     n_test: int = 1000
     data_seed: int = 0
@@ -63,8 +63,8 @@ class TrainConfig:
     eval_interval: int = 500
     eval_iters: int = 10              # validation-loss batches
     eval_n: int = 200                 # validation puzzles decoded for solve accuracy
-    out_dir: str = 'out/mdlm'
-    resume: bool = False
+    out_dir: str = 'out/mdlm'         # the checkpoint goes to out_dir/ckpt.pt
+    resume: bool = False              # continue out_dir/ckpt.pt exactly (data order, optimizer state)
     grad_accum: int = 1               # batch_size is split into this many steps per process
     # system
     device: str = 'auto'              # auto | cpu | cuda | mps (under torchrun: one device per process)

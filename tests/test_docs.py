@@ -59,6 +59,11 @@ def run_until_work(script, argv, monkeypatch):
 
 @pytest.mark.parametrize('doc,script,argv', COMMANDS, ids=[f'{d}: {s} {" ".join(a)}' for d, s, a in COMMANDS])
 def test_documented_command_parses(doc, script, argv, monkeypatch):
+    if '--help' in argv:                        # prints the settings and stops, before any work
+        with pytest.raises(SystemExit) as stopped:
+            run_until_work(script, list(argv), monkeypatch)
+        assert stopped.value.code == 0
+        return
     with pytest.raises(Parsed):
         run_until_work(script, list(argv), monkeypatch)
 

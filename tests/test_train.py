@@ -1,5 +1,5 @@
 """train_mdlm.py: the loss on a hand-computed case, learning a tiny task, exact resume, settings."""
-import dataclasses, math
+import dataclasses, importlib, math, os
 import pytest
 import torch
 from utils import load_checkpoint
@@ -85,6 +85,30 @@ def test_unknown_setting_lists_valid_ones():
     assert cfg.task_options == {'n_numbers': 3}
     with pytest.raises(SystemExit, match="task sudoku has no option.*degree"):     # before training or --bench
         settings(['--bench', '--degree=2'])
+
+
+def test_help_lists_every_setting_with_its_value_and_comment(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)                                   # --help must start no work
+    with pytest.raises(SystemExit) as stopped:
+        importlib.import_module('train_mdlm').main(['--max_iters=7', '--help', '--task=path_star'])
+    out = capsys.readouterr().out
+    assert stopped.value.code == 0 and not os.listdir(tmp_path)
+    assert out.startswith('train_mdlm.py: masked diffusion training')          # the script's docstring
+    lines = {line.split()[0].split('=')[0]: line for line in out.splitlines() if line.startswith('  --')}
+    assert set(lines) == {f'--{f.name}' for f in dataclasses.fields(TrainConfig)}
+    assert lines['--max_iters'].split()[0] == '--max_iters=7'                  # values after the other arguments
+    assert lines['--task'].split()[0] == '--task=path_star'
+    assert lines['--eval_n'].endswith('validation puzzles decoded for solve accuracy')
+    assert lines['--attn'].endswith('semi_causal_ordered (ours) | masked_full (ours, an ablation)')  # a comment's 2nd line
+    assert '  # optimisation\n  --batch_size=128' in out                       # a section heading
+    assert '  path_star    --degree --arm_length --n_nodes' in out and 'Also: --bench' in out
+    with pytest.raises(SystemExit):
+        importlib.import_module('train_ar_mtp').main(['-h'])
+    out = capsys.readouterr().out
+    assert '  --mtp_window=0                 0: plain AR;' in out and 'Not used here: --attn (AR attention' in out
+    with pytest.raises(SystemExit):
+        importlib.import_module('sample').main(['--help'])
+    assert '  --n_latent                     (unset) latent sampler' in capsys.readouterr().out
 
 
 def test_resume_names_the_settings_that_changed(tmp_path, capsys):
