@@ -25,6 +25,7 @@ import json, math, sys, time
 from dataclasses import dataclass
 import numpy as np
 import torch
+from tqdm import tqdm
 from model import KVCache, attention_mask
 from data import TaskFormatError, load_splits, read_examples, write_examples
 from tasks import MASK, SEP, get_task
@@ -292,8 +293,9 @@ def default_decoder(attn, window=-1):
 
 @torch.no_grad()
 def evaluate(model, task, examples, attn, decoder=None, batch_size=256, device='cpu',
-             dtype='float32', seed=0, return_answers=False):
-    """Decode every example and check it with the task's verifier (any valid answer counts)."""
+             dtype='float32', seed=0, return_answers=False, progress=False):
+    """Decode every example and check it with the task's verifier (any valid answer counts).
+    progress: a bar on stderr while more than one batch is decoded."""
     decoder = dict(decoder or default_decoder(attn))
     method = decoder.pop('method')
     fn = DECODERS[method][0]
@@ -302,6 +304,8 @@ def evaluate(model, task, examples, attn, decoder=None, batch_size=256, device='
     was_training = model.training
     model.eval()
     answers, nfe, positions = [], 0.0, 0.0
+    bar = tqdm(total=len(examples), unit='example', desc='decoding', leave=False, dynamic_ncols=True,
+               disable=not progress or len(examples) <= batch_size)
     t0 = time.time()
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
@@ -310,7 +314,9 @@ def evaluate(model, task, examples, attn, decoder=None, batch_size=256, device='
             out, stats = fn(model, x, gen=gen, **decoder)
         answers += [task.decode_answer(row) for row in out.cpu().numpy()]
         nfe += float(stats['nfe'].sum()); positions += float(stats['positions'].sum())
+        bar.update(len(chunk))
     seconds = time.time() - t0
+    bar.close()
     model.train(was_training)
     valid = [task.verify(p, a) for (p, _), a in zip(examples, answers)]
     n = max(len(examples), 1)
@@ -444,7 +450,7 @@ def main(argv):
         if cfg.show:
             return show(model, task, examples[0][0], ckpt['attn'], decoder, device)
         result = evaluate(model, task, examples, ckpt['attn'], decoder, cfg.batch_size, device, cfg.dtype,
-                          cfg.seed, return_answers=True)
+                          cfg.seed, return_answers=True, progress=True)
     except ValueError as e:       # settings the decoder itself refuses (e.g. a threshold in random order)
         raise SystemExit(f'error: {e}')
     answers, valid = result.pop('answers'), result.pop('valid')

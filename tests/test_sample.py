@@ -112,6 +112,16 @@ def test_evaluation_accuracy_matches_the_verifier(trained_semi_causal):
     assert r['accuracy'] == by_hand / 64 and by_hand > 3          # a tiny model beats chance (~1e-6)
 
 
+def test_progress_bar_only_when_asked_and_the_answers_do_not_change(capsys):
+    model, (ex, _) = tiny_model(), puzzles(10)
+    plain = evaluate(model, TASK, ex, 'semi_causal', None, batch_size=4, return_answers=True)
+    assert 'decoding' not in capsys.readouterr().err
+    shown = evaluate(model, TASK, ex, 'semi_causal', None, batch_size=4, return_answers=True, progress=True)
+    assert 'decoding' in capsys.readouterr().err and shown['answers'] == plain['answers']
+    evaluate(model, TASK, ex, 'semi_causal', None, batch_size=16, progress=True)     # one batch: no bar
+    assert 'decoding' not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize('order', ['random', 'top_prob'])
 def test_show_draws_every_step_with_its_latents_and_their_guesses(trained_semi_causal, capsys, order):
     """--show: one step per decoded cell, each masked cell decoded once, k latents while at least
