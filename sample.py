@@ -29,7 +29,7 @@ from tqdm import tqdm
 from model import KVCache, attention_mask
 from data import TaskFormatError, load_splits, read_examples, write_examples
 from tasks import MASK, SEP, get_task
-from utils import autocast, load_checkpoint, parse_settings, pick_device
+from utils import autocast, load_checkpoint, parse_settings, resolve_system
 
 
 def choose_tokens(logits, temperature, gen):
@@ -352,7 +352,7 @@ class SampleConfig:
     cache_refresh: int = None        # latent: keep clean keys/values, recomputed every r passes (0 = off, -1 = never)
     batch_size: int = 256            # examples decoded together
     device: str = 'auto'             # auto | cpu | cuda | mps
-    dtype: str = 'float32'
+    dtype: str = 'float32'           # float32 | bfloat16 | float16 | auto (bf16 where supported): autocast while decoding
     seed: int = 0                    # random orders, candidates and sampling
 
 
@@ -440,7 +440,7 @@ def main(argv):
         'eval': 'decoding and scoring is what sample.py does by default; drop --eval',
         'policy': 'the commit rule is --order=random (uniform) or --order=top_prob (confidence)',
         'method': 'the decoder follows from the checkpoint\'s attention structure'})
-    device = pick_device(cfg.device)
+    device, dtype, _ = resolve_system(cfg.device, cfg.dtype)
     model, ckpt = load_checkpoint(cfg.ckpt, device)
     model.eval()
     task = get_task(**ckpt['task_config'])
@@ -449,7 +449,7 @@ def main(argv):
     try:
         if cfg.show:
             return show(model, task, examples[0][0], ckpt['attn'], decoder, device)
-        result = evaluate(model, task, examples, ckpt['attn'], decoder, cfg.batch_size, device, cfg.dtype,
+        result = evaluate(model, task, examples, ckpt['attn'], decoder, cfg.batch_size, device, dtype,
                           cfg.seed, return_answers=True, progress=True)
     except ValueError as e:       # settings the decoder itself refuses (e.g. a threshold in random order)
         raise SystemExit(f'error: {e}')

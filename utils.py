@@ -76,7 +76,8 @@ def setting_comments(cls):
             field = re.match(r'\s*(\w+)\s*:[^#]*(?:#\s*(.*))?$', line)
             comment = re.match(r'(\s*)#\s*(.*)$', line)
             if field:
-                key, comments[field[1]] = field[1], field[2] or ''
+                key = field[1]                  # a subclass's own comment, else its parent's
+                comments[key] = field[2] or comments.get(key, '')
                 if section:
                     sections[key], section = section, None
             elif comment and len(comment[1]) > indent and key:
@@ -91,8 +92,8 @@ def settings_help(cfg, extra=(), refuse=None):
     and comment, the extra flags, and the settings refused here with the reason."""
     comments, sections = setting_comments(type(cfg))
     doc = (sys.modules[type(cfg).__module__].__doc__ or '').strip()
-    out = [doc, '', 'Settings (--key=value; a preset file first sets several; values as the '
-                    'arguments before --help leave them):']
+    out = [doc, '', 'Settings (--key=value; a preset file sets several; the values shown are '
+                    'the defaults as the other arguments change them):']
     for f in dataclasses.fields(cfg):
         if f.name in sections:
             out.append(f'  # {sections[f.name]}')
@@ -133,9 +134,20 @@ def parse_value(value, current=None, key='value'):
     return value
 
 
+DTYPES = ('auto', 'bfloat16', 'float16', 'float32')
+
+
 def pick_device(device='auto'):
+    """'auto': cuda, else mps, else cpu. Any other name must be a device this machine has: a
+    clear error here, not a traceback from the first tensor moved there."""
     if device == 'auto':
         return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise SystemExit(f'error: unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps') from None
+    if (kind == 'cuda' and not torch.cuda.is_available()) or (kind == 'mps' and not torch.backends.mps.is_available()):
+        raise SystemExit(f'error: device {device!r} is not available on this machine; use --device=auto or cpu')
     return device
 
 
@@ -146,6 +158,10 @@ def resolve_system(device='auto', dtype='auto', compile='auto'):
     compile 'auto' is on for CUDA only: on a CPU it needs a C++ compiler and tens of seconds to
     build, and pays only in part (results/benchmarks.md: on the Xeon AR+MTP trained 1.6x slower
     compiled)."""
+    if dtype not in DTYPES:
+        raise SystemExit(f'error: dtype must be one of {", ".join(DTYPES)}, not {dtype!r}')
+    if str(compile).lower() not in ('auto', 'true', 'false'):
+        raise SystemExit(f'error: compile must be auto, true or false, not {compile!r}')
     device = pick_device(device)
     if dtype == 'auto':
         cpu_bf16 = device == 'cpu' and 'AVX512' in torch.backends.cpu.get_cpu_capability()

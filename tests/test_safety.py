@@ -123,6 +123,22 @@ def test_settings_that_mean_nothing_are_refused(script, args, message, tmp_path,
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.parametrize('script,args,message', [
+    ('train_mdlm', ['--dtype=bf16'], "dtype must be one of auto, bfloat16, float16, float32, not 'bf16'"),
+    ('train_mdlm', ['--compile=yes'], "compile must be auto, true or false, not 'yes'"),
+    ('train_ar_mtp', ['--device=gpu'], "unknown device 'gpu'"),
+    ('sample', ['--dtype=fp16'], "dtype must be one of"),
+    ('sample', ['--device=cuda'], "device 'cuda' is not available on this machine"),
+])
+def test_a_bad_device_dtype_or_compile_stops_before_any_work(script, args, message, tmp_path, monkeypatch):
+    if 'cuda' in args[0] and torch.cuda.is_available():
+        pytest.skip('this machine has CUDA')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        importlib.import_module(script).main(args + ['--out_dir=out'] * script.startswith('train'))
+    assert not os.listdir(tmp_path)
+
+
 def test_a_refusal_on_the_command_line_is_one_line_on_stderr():
     r = subprocess.run([sys.executable, 'train_mdlm.py', '--attn=causal'], capture_output=True, text=True)
     assert r.returncode != 0 and 'AR models are trained by train_ar_mtp.py' in r.stderr

@@ -106,6 +106,7 @@ def test_help_lists_every_setting_with_its_value_and_comment(tmp_path, monkeypat
         importlib.import_module('train_ar_mtp').main(['-h'])
     out = capsys.readouterr().out
     assert '  --mtp_window=0                 0: plain AR;' in out and 'Not used here: --attn (AR attention' in out
+    assert '  --out_dir=out/ar               the checkpoint goes to' in out     # a parent's comment, a subclass's default
     with pytest.raises(SystemExit):
         importlib.import_module('sample').main(['--help'])
     assert '  --n_latent                     (unset) latent sampler' in capsys.readouterr().out
