@@ -79,6 +79,8 @@ def objective(cfg):
     """(loss, attention structure, decoder) that train() needs for these settings."""
     if cfg.prefix not in PREFIX_ATTN:
         raise SystemExit(f'error: --prefix must be full or causal, got {cfg.prefix!r}')
+    if cfg.mtp_window < -1:
+        raise SystemExit(f'error: --mtp_window must be 0 (AR), a window W > 0 or -1 (all), got {cfg.mtp_window}')
     if cfg.mtp_window == 0:
         if cfg.ntp_only or cfg.prefix != 'full':
             raise SystemExit('error: --ntp_only and --prefix apply to AR+MTP; set --mtp_window too')

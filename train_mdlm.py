@@ -108,6 +108,31 @@ def settings(argv, cfg=None, bench=True, refuse=None):
     return cfg, do_bench
 
 
+def check_settings(cfg):
+    """Values no run can train with: an error that says why, before any data, model or file is
+    made (not a traceback, a silent fallback or a misleading 'diverged' later)."""
+    rules = [
+        (cfg.max_iters >= 1, 'max_iters must be at least 1'),
+        (cfg.batch_size >= 1 and cfg.grad_accum >= 1, 'batch_size and grad_accum must be at least 1'),
+        (min(cfg.n_train, cfg.n_val, cfg.n_test) >= 1, 'n_train, n_val and n_test must be at least 1'),
+        (cfg.learning_rate > 0 and cfg.min_lr >= 0, 'learning_rate must be positive and min_lr not negative'),
+        (cfg.warmup_iters >= 0, 'warmup_iters must not be negative'),
+        (cfg.lr_decay in ('cosine', 'constant'), f'lr_decay must be cosine or constant, not {cfg.lr_decay!r}'),
+        (cfg.weight_decay >= 0 and cfg.grad_clip >= 0, 'weight_decay and grad_clip must not be negative'),
+        (0 <= cfg.ema < 1, 'ema must be at least 0 (off) and below 1'),
+        (0 <= cfg.dropout < 1, 'dropout must be at least 0 and below 1'),
+        (0 < cfg.eps < 1, 'eps must be between 0 and 1: t is drawn from U(eps, 1)'),
+        (cfg.n_layer >= 1 and cfg.n_head >= 1 and cfg.n_embd >= 1 and cfg.n_embd % (2 * cfg.n_head) == 0,
+         f'n_embd ({cfg.n_embd}) must be a multiple of 2 x n_head ({cfg.n_head}): each head rotates pairs of channels'),
+        (cfg.eval_interval >= 1 and cfg.eval_iters >= 1 and cfg.eval_n >= 1,
+         'eval_interval, eval_iters and eval_n must be at least 1'),
+        (cfg.init_std > 0, f"init_std must be positive (the initial weights' scale), got {cfg.init_std}"),
+    ]
+    for ok, why in rules:
+        if not ok:
+            raise SystemExit(f'error: {why}')
+
+
 # ----------------------------------------------------------------------------------------------
 # The masked diffusion loss (MDLM, Sahoo et al. 2024), log-linear schedule alpha_t = 1 - t:
 #
@@ -187,8 +212,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
     attn = attn or cfg.attn
     if attn not in ATTNS:
         raise SystemExit(f'error: unknown attn {attn!r}; choose from {ATTNS}')
-    if not cfg.init_std > 0:
-        raise SystemExit(f'error: init_std must be positive (the initial weights\' scale), got {cfg.init_std}')
+    check_settings(cfg)
     decoder = decoder or default_decoder(attn)
     device, dtype, use_compile = resolve_system(cfg.device, cfg.dtype, cfg.compile)
     rank, world, device, joined = setup_ddp(device)
@@ -363,6 +387,7 @@ def bench(cfg, iters=20, rounds=5):
     one round run minutes apart at most) and the median over rounds is printed, with the range:
     on a shared 2-core machine the speed drifts by more than the differences measured here, and
     a ratio of each row's best round mixed rounds that ran at different speeds."""
+    check_settings(cfg)
     device, dtype, use_compile = resolve_system(cfg.device, cfg.dtype, cfg.compile)
     task = get_task(cfg.task, **cfg.task_options)
     T, B, V = task.seq_len, cfg.batch_size, len(task.vocab)

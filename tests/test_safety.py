@@ -118,6 +118,12 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('train_ar_mtp', ['--device=gpu'], "unknown device 'gpu'"),
     ('sample', ['--dtype=fp16'], "dtype must be one of"),
     ('sample', ['--device=cuda'], "device 'cuda' is not available on this machine"),
+    ('train_mdlm', ['--lr_decay=linear'], "lr_decay must be cosine or constant, not 'linear'"),
+    ('train_mdlm', ['--batch_size=0'], 'batch_size and grad_accum must be at least 1'),  # was: "diverged"
+    ('train_mdlm', ['--eps=2'], 'eps must be between 0 and 1'),
+    ('train_mdlm', ['--bench', '--n_head=5'], 'n_embd (128) must be a multiple of 2 x n_head (5)'),
+    ('train_ar_mtp', ['--mtp_window=-1', '--max_iters=0'], 'max_iters must be at least 1'),
+    ('train_ar_mtp', ['--mtp_window=-3'], 'mtp_window must be 0 (AR), a window W > 0 or -1 (all)'),
 ])
 def test_settings_that_mean_nothing_or_have_bad_values_are_refused(script, args, message, tmp_path, monkeypatch):
     """In-process through each script's main(argv) (a subprocess per case cost 1.5 s of imports);
