@@ -28,7 +28,7 @@ it lets even an independent model steer around the hard cells, so it flatters SI
 """
 import dataclasses, json, math, os, platform, sys, time
 import torch
-from sample import DECODERS, checkpoint_examples, evaluate
+from sample import DECODER_VALUES, DECODERS, checkpoint_examples, evaluate
 from train_ar_mtp import ARConfig, objective
 from train_mdlm import TrainConfig, train
 from utils import load_checkpoint, parse_settings, pick_device
@@ -255,10 +255,32 @@ def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 4, 8, -1)):
     return results
 
 
+def check_lists(cfg):
+    """The comma-separated settings, each item as sample.py would check it: an error before any
+    checkpoint is loaded or model trained, not a traceback halfway through a sweep."""
+    n_latent_ok, threshold_ok = DECODER_VALUES['n_latent'][0], DECODER_VALUES['threshold'][0]
+    for key, cast, usable, what in (
+            ('seeds', int, lambda v: True, 'integers'),
+            ('sweep_latent', lambda v: v if v == 'all' else int(v), n_latent_ok, "counts >= 0 or 'all'"),
+            ('sweep_threshold', float, threshold_ok, 'numbers between 0 and 1')):
+        items = getattr(cfg, key)
+        if not items:
+            continue
+        try:
+            ok = all(usable(cast(v)) for v in items.split(','))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise SystemExit(f'error: --{key} must be a comma-separated list of {what}, got {items!r}')
+    if cfg.n < 1:
+        raise SystemExit(f'error: --n must be at least 1, got {cfg.n}')
+
+
 def main(argv):
     cfg = parse_settings(ReproduceConfig(), argv)
     if cfg.scale not in SCALES:
         raise SystemExit(f'error: --scale must be one of {list(SCALES)}')
+    check_lists(cfg)
     cfg.out = cfg.out or ('results' if cfg.scale == 'cpu' else f'results/{cfg.scale}')   # smoke never overwrites results/
     if cfg.table:
         return print(write_table(cfg.out))

@@ -358,6 +358,17 @@ class SampleConfig:
 
 DECODER_SETTINGS = ('n_latent', 'order', 'n_candidates', 'tokens_per_step', 'threshold', 'temperature',
                     'window', 'use_cache', 'cache_refresh')
+DECODER_VALUES = {      # setting: (is the value usable?, what it must be); a bad one would hang or mislead
+    'n_latent': (lambda v: v == 'all' or (isinstance(v, int) and v >= 0), "a count >= 0 or 'all'"),
+    'order': (lambda v: v in COMMIT_ORDERS, f'one of {", ".join(COMMIT_ORDERS)}'),
+    'n_candidates': (lambda v: v >= 0, 'a count >= 0 (0 = every masked position)'),
+    'tokens_per_step': (lambda v: v >= 1, 'at least 1'),
+    'threshold': (lambda v: 0 <= v <= 1, 'between 0 (off) and 1'),
+    'temperature': (lambda v: v >= 0, 'at least 0 (0 = greedy)'),
+    'window': (lambda v: v == -1 or v >= 1, '-1 (all) or a window of at least 1'),
+    'use_cache': (lambda v: isinstance(v, bool), 'true or false'),
+    'cache_refresh': (lambda v: v >= -1, '-1 (never), 0 (off) or r >= 1 (every r passes)'),
+}
 
 
 def decoder_for(ckpt, cfg):
@@ -372,10 +383,9 @@ def decoder_for(ckpt, cfg):
             valid = ', '.join(f'--{k}' for k in DECODERS[method][1])
             raise SystemExit(f'error: --{key} does not apply to this {ckpt["attn"]!r} model ({method} decoding; '
                              f'its settings: {valid})')
-        if key == 'n_latent' and value != 'all' and not (isinstance(value, int) and value >= 0):
-            raise SystemExit(f"error: --n_latent must be a count >= 0 or 'all', got {value!r}")
-        if key == 'order' and value not in COMMIT_ORDERS:
-            raise SystemExit(f'error: --order must be one of {", ".join(COMMIT_ORDERS)}, got {value!r}')
+        usable, what = DECODER_VALUES[key]
+        if not usable(value):
+            raise SystemExit(f'error: --{key} must be {what}, got {value!r}')
         decoder[key] = value
     # in random order nothing is compared by confidence, except MDM's candidates against a threshold
     if (decoder.get('order') == 'random' and cfg.n_candidates is not None
@@ -440,6 +450,8 @@ def main(argv):
         'eval': 'decoding and scoring is what sample.py does by default; drop --eval',
         'policy': 'the commit rule is --order=random (uniform) or --order=top_prob (confidence)',
         'method': 'the decoder follows from the checkpoint\'s attention structure'})
+    if cfg.n < 1 or cfg.batch_size < 1:
+        raise SystemExit(f'error: --n and --batch_size must be at least 1, got {cfg.n} and {cfg.batch_size}')
     device, dtype, _ = resolve_system(cfg.device, cfg.dtype)
     model, ckpt = load_checkpoint(cfg.ckpt, device)
     model.eval()

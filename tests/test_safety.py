@@ -124,6 +124,9 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('train_mdlm', ['--bench', '--n_head=5'], 'n_embd (128) must be a multiple of 2 x n_head (5)'),
     ('train_ar_mtp', ['--mtp_window=-1', '--max_iters=0'], 'max_iters must be at least 1'),
     ('train_ar_mtp', ['--mtp_window=-3'], 'mtp_window must be 0 (AR), a window W > 0 or -1 (all)'),
+    ('sample', ['--n=-5'], '--n and --batch_size must be at least 1, got -5'),    # was: all but the last 5
+    ('reproduce', ['--seeds=0,a'], "--seeds must be a comma-separated list of integers, got '0,a'"),
+    ('reproduce', ['--sweep_threshold=0,1.5', '--ckpt=x.pt'], 'list of numbers between 0 and 1'),
 ])
 def test_settings_that_mean_nothing_or_have_bad_values_are_refused(script, args, message, tmp_path, monkeypatch):
     """In-process through each script's main(argv) (a subprocess per case cost 1.5 s of imports);

@@ -190,6 +190,17 @@ def test_decoder_defaults_to_the_checkpoint_and_rejects_settings_that_do_not_app
     assert decoder_for(scdm, SampleConfig(order='top_prob', n_candidates=4))['n_candidates'] == 4
 
 
+@pytest.mark.parametrize('attn,setting,value', [
+    ('semi_causal', 'n_candidates', -1), ('semi_causal', 'tokens_per_step', 0),      # each used to hang
+    ('semi_causal', 'threshold', 2.0), ('semi_causal', 'temperature', -1.0), ('semi_causal', 'cache_refresh', -5),
+    ('semi_causal', 'n_latent', 'alll'), ('prefix', 'window', 0)])                   # window 0 used to mean all
+def test_decoder_values_no_decoding_can_use_are_refused(attn, setting, value):
+    from sample import SampleConfig, decoder_for, default_decoder
+    ckpt = dict(attn=attn, decoder=default_decoder(attn))
+    with pytest.raises(SystemExit, match=f'--{setting} must be .*, got {value!r}'):
+        decoder_for(ckpt, SampleConfig(**{setting: value}))
+
+
 @pytest.mark.exercise(7)
 @pytest.mark.parametrize('threshold', [0.0, 0.09, 0.9, 1.01])
 def test_threshold_commits_at_least_one_and_at_most_the_masked(threshold):
