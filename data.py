@@ -165,7 +165,12 @@ def main(argv):
         print(json.dumps({'task': task.name, 'n': len(examples), 'valid': valid, 'skipped': len(errors),
                           'failures': dict(failures)}))
         return
-    examples = generate(task, args.n, args.seed, args.split)
+    if args.n < 1 or args.split not in ('train', 'val', 'test'):
+        sys.exit(f'error: --n must be at least 1 and --split train, val or test (got {args.n}, {args.split!r})')
+    try:
+        examples = generate(task, args.n, args.seed, args.split)
+    except ValueError as e:                    # a task that cannot make these examples says why
+        sys.exit(f'error: {e}')
     if args.show:
         for p, a in examples: print(task.show(p, a), end='\n\n')
     if args.out:

@@ -235,12 +235,18 @@ class Sudoku(Task):
         return ids, answer_mask
 
     def generate(self, count, rng):
-        out = []
+        out, tries = [], 0
         while len(out) < count:
             grids = sudoku_random_grids(self.n, max(64, count - len(out)), rng)
             puzzles, ok = sudoku_make_puzzles(grids, self.options['givens'], rng)
             for p, g in zip(puzzles[ok], grids[ok]):
                 out.append((''.join(str(d) if d else '.' for d in p), ''.join(map(str, g))))
+            tries += len(grids)
+            if not out and tries >= 4096:       # would loop for ever: say so instead
+                raise ValueError(f'no {self.n}x{self.n} puzzle with {self.options["givens"]} givens in {tries} '
+                                 'random grids: with so few givens, puzzles that naked and hidden singles '
+                                 'solve uniquely (the only kind made here) are too rare; use more givens '
+                                 '(on 9x9, 22 givens yield about 2 puzzles in 100 grids, 24 about half)')
         return out[:count]
 
     def verify(self, problem, answer):
@@ -594,6 +600,8 @@ class PathStar(Task):
     split_answer = re.compile(r'\d+|.')
 
     def __init__(self, degree=3, arm_length=5, n_nodes=50):
+        if degree < 1 or arm_length < 1:
+            raise ValueError('degree and arm_length must be at least 1')
         if n_nodes < degree * arm_length + 1:
             raise ValueError('n_nodes must be at least degree * arm_length + 1')
         self.options = dict(degree=degree, arm_length=arm_length, n_nodes=n_nodes)

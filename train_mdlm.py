@@ -222,7 +222,10 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
                          f'grad_accum {cfg.grad_accum} (at least one example each)')
     quiet = quiet or rank != 0
     task = get_task(cfg.task, **cfg.task_options)
-    splits = load_splits(task, cfg.n_train, cfg.n_val, cfg.n_test, cfg.data_seed, cfg.data_dir)
+    try:
+        splits = load_splits(task, cfg.n_train, cfg.n_val, cfg.n_test, cfg.data_seed, cfg.data_dir)
+    except ValueError as e:                    # e.g. too few givens to make unique puzzles
+        raise SystemExit(f'error: {e}')
     ids, answer_mask = (torch.from_numpy(a).to(device) for a in task.encode_batch(splits['train']))
     val_ids, val_answer = (torch.from_numpy(a).to(device) for a in task.encode_batch(splits['val']))
     if cfg.mask_all:
