@@ -11,6 +11,7 @@ import dataclasses, inspect, json, os, pickle, re, sys
 from contextlib import nullcontext
 import torch
 from model import ModelConfig, Transformer
+from tasks import TASKS, task_options
 
 
 def parse_settings(cfg, argv, extra=(), refuse=None):
@@ -102,7 +103,6 @@ def settings_help(cfg, extra=(), refuse=None):
         arg = f'--{f.name}' if value is None else f'--{f.name}={value}'
         note = ('(unset) ' if value is None else '') + comments.get(f.name, '')
         out.append(f'  {arg:<30} {note}'.rstrip())
-    from tasks import TASKS, task_options
     per_task = {name: [k for k in task_options(name) if k in extra] for name in TASKS}
     if any(per_task.values()):
         out.append('Task options, per --task (tasks.py):')
