@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 from model import KVCache, attention_mask
-from data import TaskFormatError, load_splits, read_examples, write_examples
+from data import SPLITS, TaskFormatError, load_splits, read_examples, write_examples
 from tasks import MASK, SEP, get_task
 from utils import autocast, load_checkpoint, parse_settings, resolve_system
 
@@ -440,8 +440,8 @@ def load_examples(task, ckpt, cfg):
         examples, errors = read if cfg.skip_bad else (read, [])
         for e in errors: print('skipped', e)
         return examples
-    if cfg.split not in ('train', 'val', 'test'):
-        raise SystemExit('error: --split must be train, val or test')
+    if cfg.split not in SPLITS:
+        raise SystemExit(f'error: --split must be one of {", ".join(SPLITS)}')
     return checkpoint_examples(ckpt, cfg.split, cfg.n)[1]
 
 

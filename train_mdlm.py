@@ -217,7 +217,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
     device, dtype, use_compile = resolve_system(cfg.device, cfg.dtype, cfg.compile)
     rank, world, device, joined = setup_ddp(device)
     micro = cfg.batch_size // (world * cfg.grad_accum)            # rows per process per accumulation step
-    if cfg.grad_accum < 1 or micro * world * cfg.grad_accum != cfg.batch_size:
+    if micro * world * cfg.grad_accum != cfg.batch_size:          # (check_settings: grad_accum >= 1)
         raise SystemExit(f'error: batch_size {cfg.batch_size} must split evenly over {world} processes x '
                          f'grad_accum {cfg.grad_accum} (at least one example each)')
     quiet = quiet or rank != 0

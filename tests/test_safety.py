@@ -127,7 +127,7 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('sample', ['--n=-5'], '--n and --batch_size must be at least 1, got -5'),    # was: all but the last 5
     ('reproduce', ['--seeds=0,a'], "--seeds must be a comma-separated list of integers, got '0,a'"),
     ('reproduce', ['--sweep_threshold=0,1.5', '--ckpt=x.pt'], 'list of numbers between 0 and 1'),
-    ('data', ['--split=dev'], "--split train, val or test (got 10, 'dev')"),                 # was: KeyError
+    ('data', ['--split=dev'], "split must be one of train, val, test, not 'dev'"),                 # was: KeyError
     ('data', ['--task=path_star', '--degree=0'], 'degree and arm_length must be at least 1'),
     ('data', ['--size=4', '--givens=2'], 'no 4x4 puzzle with 2 givens in 4096 random grids'),  # looped for ever
     ('train_mdlm', ['--size=4', '--givens=3'], 'no 4x4 puzzle with 3 givens'),
