@@ -26,7 +26,7 @@ import torch
 from model import attention_mask
 from sample import default_decoder
 from tasks import MASK
-from train_mdlm import TrainConfig, settings, train
+from train_mdlm import TrainConfig, end_torchrun_process, settings, train
 
 
 @dataclass
@@ -101,3 +101,4 @@ def main(argv):
 
 if __name__ == '__main__':
     main(sys.argv[1:])
+    end_torchrun_process()
