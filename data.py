@@ -162,7 +162,7 @@ def main(argv):
             sys.exit(f'error: {e}')
         examples, errors = result if args.skip_bad else (result, [])
         for e in errors: print('skipped', e)
-        failures = Counter(task.failure(p, a) for p, a in examples)
+        failures = Counter('no answer' if a is None else task.failure(p, a) for p, a in examples)
         valid = failures.pop(None, 0)
         print(f'{valid} of {len(examples)} answers valid')
         for reason, count in failures.most_common(): print(f'  {count} {reason}')

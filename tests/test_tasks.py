@@ -197,12 +197,13 @@ def test_cli_check_last_line_is_json(tmp_path):
     task = get_task('sudoku', size=4, givens=6)
     examples = generate(task, 4, seed=0, workers=1)
     examples[1] = (examples[1][0], examples[2][1])       # one wrong answer
+    examples[3] = (examples[3][0], None)                 # one puzzle with no answer at all
     path = tmp_path / 'a.txt'
     write_examples(task, str(path), examples)
     out = subprocess.run([sys.executable, 'data.py', '--task=sudoku', '--size=4', f'--check={path}'],
                          capture_output=True, text=True, check=True).stdout
-    assert json.loads(out.strip().splitlines()[-1]) == {'task': 'sudoku', 'n': 4, 'valid': 3, 'skipped': 0,
-                                                         'failures': {'invalid': 1}}
+    assert json.loads(out.strip().splitlines()[-1]) == {'task': 'sudoku', 'n': 4, 'valid': 2, 'skipped': 0,
+                                                         'failures': {'invalid': 1, 'no answer': 1}}
     bad = subprocess.run([sys.executable, 'data.py', '--task=sudoku', '--size=4', '--check=/nonexistent'],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and 'Traceback' not in bad.stderr and 'nonexistent' in bad.stderr
