@@ -28,10 +28,10 @@ it lets even an independent model steer around the hard cells, so it flatters SI
 """
 import dataclasses, json, math, os, platform, sys, time
 import torch
-from sample import DECODER_VALUES, DECODERS, checkpoint_examples, evaluate
+from sample import DECODERS, checkpoint_examples, decoder_value_ok, evaluate
 from train_ar_mtp import ARConfig, objective
 from train_mdlm import TrainConfig, train
-from utils import load_checkpoint, parse_settings, pick_device
+from utils import load_checkpoint, parse_settings, parse_value, pick_device
 
 # C3 models: name -> the settings that differ (train_ar_mtp.objective turns them into loss,
 # attention structure and decoder)
@@ -258,19 +258,12 @@ def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 4, 8, -1)):
 def check_lists(cfg):
     """The comma-separated settings, each item as sample.py would check it: an error before any
     checkpoint is loaded or model trained, not a traceback halfway through a sweep."""
-    n_latent_ok, threshold_ok = DECODER_VALUES['n_latent'][0], DECODER_VALUES['threshold'][0]
-    for key, cast, usable, what in (
-            ('seeds', int, lambda v: True, 'integers'),
-            ('sweep_latent', lambda v: v if v == 'all' else int(v), n_latent_ok, "counts >= 0 or 'all'"),
-            ('sweep_threshold', float, threshold_ok, 'numbers between 0 and 1')):
+    for key, usable, what in (
+            ('seeds', lambda v: type(v) is int, 'integers'),
+            ('sweep_latent', lambda v: decoder_value_ok('n_latent', v), "counts >= 0 or 'all'"),
+            ('sweep_threshold', lambda v: decoder_value_ok('threshold', v), 'numbers between 0 and 1')):
         items = getattr(cfg, key)
-        if not items:
-            continue
-        try:
-            ok = all(usable(cast(v)) for v in items.split(','))
-        except ValueError:
-            ok = False
-        if not ok:
+        if items and not all(usable(parse_value(v)) for v in items.split(',')):
             raise SystemExit(f'error: --{key} must be a comma-separated list of {what}, got {items!r}')
     if cfg.n < 1:
         raise SystemExit(f'error: --n must be at least 1, got {cfg.n}')

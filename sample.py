@@ -371,6 +371,17 @@ DECODER_VALUES = {      # setting: (is the value usable?, what it must be); a ba
 }
 
 
+def decoder_value_ok(key, value):
+    """Is `value` usable for decoder setting `key` (DECODER_VALUES)? One of the wrong type (an
+    unset setting's command-line value is guessed: 'abc' stays a string, 'true' a bool) is not."""
+    if isinstance(value, bool) != (key == 'use_cache'):
+        return False
+    try:
+        return bool(DECODER_VALUES[key][0](value))
+    except TypeError:
+        return False
+
+
 def decoder_for(ckpt, cfg):
     """The checkpoint's own decoder, with the settings given in cfg applied; clear errors."""
     decoder = dict(ckpt['decoder'])
@@ -383,9 +394,8 @@ def decoder_for(ckpt, cfg):
             valid = ', '.join(f'--{k}' for k in DECODERS[method][1])
             raise SystemExit(f'error: --{key} does not apply to this {ckpt["attn"]!r} model ({method} decoding; '
                              f'its settings: {valid})')
-        usable, what = DECODER_VALUES[key]
-        if not usable(value):
-            raise SystemExit(f'error: --{key} must be {what}, got {value!r}')
+        if not decoder_value_ok(key, value):
+            raise SystemExit(f'error: --{key} must be {DECODER_VALUES[key][1]}, got {value!r}')
         decoder[key] = value
     # in random order nothing is compared by confidence, except MDM's candidates against a threshold
     if (decoder.get('order') == 'random' and cfg.n_candidates is not None

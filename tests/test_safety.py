@@ -126,6 +126,8 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('train_ar_mtp', ['--mtp_window=-3'], 'mtp_window must be 0 (AR), a window W > 0 or -1 (all)'),
     ('sample', ['--n=-5'], '--n and --batch_size must be at least 1, got -5'),    # was: all but the last 5
     ('reproduce', ['--seeds=0,a'], "--seeds must be a comma-separated list of integers, got '0,a'"),
+    ('reproduce', ['--seeds=0,1.5'], "--seeds must be a comma-separated list of integers, got '0,1.5'"),
+    ('reproduce', ['--sweep_latent=0,x', '--ckpt=x.pt'], "list of counts >= 0 or 'all'"),
     ('reproduce', ['--sweep_threshold=0,1.5', '--ckpt=x.pt'], 'list of numbers between 0 and 1'),
     ('data', ['--split=dev'], "split must be one of train, val, test, not 'dev'"),                 # was: KeyError
     ('data', ['--task=path_star', '--degree=0'], 'degree and arm_length must be at least 1'),

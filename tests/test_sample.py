@@ -193,7 +193,9 @@ def test_decoder_defaults_to_the_checkpoint_and_rejects_settings_that_do_not_app
 @pytest.mark.parametrize('attn,setting,value', [
     ('semi_causal', 'n_candidates', -1), ('semi_causal', 'tokens_per_step', 0),      # each used to hang
     ('semi_causal', 'threshold', 2.0), ('semi_causal', 'temperature', -1.0), ('semi_causal', 'cache_refresh', -5),
-    ('semi_causal', 'n_latent', 'alll'), ('prefix', 'window', 0)])                   # window 0 used to mean all
+    ('semi_causal', 'n_latent', 'alll'), ('prefix', 'window', 0),                    # window 0 used to mean all
+    ('semi_causal', 'threshold', 'abc'), ('semi_causal', 'temperature', 'x'),         # were TypeError tracebacks
+    ('semi_causal', 'threshold', True)])
 def test_decoder_values_no_decoding_can_use_are_refused(attn, setting, value):
     from sample import SampleConfig, decoder_for, default_decoder
     ckpt = dict(attn=attn, decoder=default_decoder(attn))
