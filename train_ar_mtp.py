@@ -95,8 +95,7 @@ def main(argv):
         'bench': 'the training-speed benchmark is `python train_mdlm.py --bench`'})
     if cfg.task == 'sudoku' and cfg.task_options.get('layout', 'inplace') != 'prompt':
         raise SystemExit('error: AR models need --layout=prompt for sudoku (the puzzle before the answer)')
-    metrics, path = train(cfg, *objective(cfg))
-    print(f'final: val solve accuracy {metrics["val_accuracy"]:.1%}, checkpoint {path}')
+    train(cfg, *objective(cfg))
 
 
 if __name__ == '__main__':

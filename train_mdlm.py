@@ -357,6 +357,8 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
         metrics = shared[0]
         dist.barrier()                                  # then leave the group together, if train
         if joined: dist.destroy_process_group()         # joined it (a caller's own group stays)
+    if rank == 0 and not quiet:                         # one line, whatever the number of processes
+        print(f'final: val solve accuracy {metrics["val_accuracy"]:.1%}, checkpoint {ckpt_path}')
     return metrics, ckpt_path
 
 
@@ -484,8 +486,7 @@ def main(argv):
                          'AR models are trained by train_ar_mtp.py')
     if do_bench:
         return bench(cfg)
-    metrics, path = train(cfg)
-    print(f'final: val solve accuracy {metrics["val_accuracy"]:.1%}, checkpoint {path}')
+    train(cfg)
 
 
 if __name__ == '__main__':

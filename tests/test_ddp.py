@@ -16,6 +16,7 @@ def run(tmp_path, name, nproc, *extra):
     r = subprocess.run(launcher + ['train_mdlm.py', *ARGS, f'--out_dir={tmp_path}/{name}', f'--data_dir={tmp_path}/data',
                                    *extra], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count('final: ') == 1, r.stdout[-3000:]          # rank 0 alone reports
     return load_checkpoint(f'{tmp_path}/{name}/ckpt.pt')[1]
 
 
