@@ -116,7 +116,7 @@ class ReproduceConfig:
     seeds: str = '0,1,2'       # one full run per seed
     out: str = ''              # default: results/ for the cpu scale, results/<scale>/ for the others
     device: str = 'auto'
-    table: bool = False        # only (re)write <out>/table.md from <out>/summary.json
+    table: bool = False        # only (re)write <out>/table.md and dial.png from <out>/summary.json
     # one sweep or benchmark on existing checkpoints instead of the whole reproduction
     ckpt: str = ''
     sweep_latent: str = ''     # e.g. 0,1,2,4,8,all: the dial of a semi_causal checkpoint
@@ -177,22 +177,36 @@ def sweep_latent(model, ckpt, task, examples, ks, refs, prefix, device):
 
 
 def plot_dial(rows, path, title=''):
-    """Accuracy against k, one line per commit order, with that order's MDM/SIDM reference
-    lines dashed/dotted in the same colour."""
+    """The dial, two panels. Left: accuracy against k, one line per commit order, that order's
+    MDM/SIDM references dashed/dotted in the same colour, and bars from the lowest to the highest
+    seed where rows carry `per_seed`. Right: the same accuracies against their cost, positions
+    processed per puzzle (MDM and SIDM run the whole sequence in every pass; the latent sampler
+    runs clean + k latents + the cells it decodes)."""
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, (ax, cost) = plt.subplots(1, 2, figsize=(10, 4))
+    spread_shown = all(len(r.get('per_seed', ())) > 1 for r in rows)
     for i, order in enumerate(ORDERS):
         dial = [r for r in rows if r['order'] == order and r['k'] not in DIFFUSION_MODELS.values()]
-        ax.plot(range(len(dial)), [100 * r['accuracy'] for r in dial], 'o-', color=f'C{i}',
-                label=f'semi-causal, {order} order')
+        acc = [100 * r['accuracy'] for r in dial]
+        ax.plot(range(len(dial)), acc, 'o-', color=f'C{i}', label=f'semi-causal, {order} order')
+        if spread_shown:
+            spread = [[a - 100 * min(r['per_seed']) for a, r in zip(acc, dial)],
+                      [100 * max(r['per_seed']) - a for a, r in zip(acc, dial)]]
+            ax.errorbar(range(len(dial)), acc, yerr=spread, fmt='none', color=f'C{i}', capsize=3, alpha=0.6)
+        cost.plot([r['positions_per_sample'] for r in dial], acc, 'o-', color=f'C{i}', label=f'semi-causal k = 0 ... all, {order}')
         for r in rows:
             if r['order'] == order and r['k'] in ('full', 'independent'):
-                ax.axhline(100 * r['accuracy'], color=f'C{i}', ls='--' if r['k'] == 'full' else ':',
-                           label=f'{"MDM" if r["k"] == "full" else "SIDM"}, {order} order')
+                name = 'MDM' if r['k'] == 'full' else 'SIDM'
+                ax.axhline(100 * r['accuracy'], color=f'C{i}', ls='--' if name == 'MDM' else ':', label=f'{name}, {order} order')
+                cost.plot(r['positions_per_sample'], 100 * r['accuracy'], 's' if name == 'MDM' else 'v', color=f'C{i}',
+                          mfc='none', ms=8, label=f'{name}, {order}')
     ax.set_xticks(range(len(dial)), [r['k'] for r in dial])
-    ax.set_xlabel('latent tokens k'); ax.set_ylabel('puzzles solved (%)'); ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3); ax.legend(fontsize=7)
+    ax.set_xlabel('latent tokens k'); ax.set_ylabel('puzzles solved (%)')
+    cost.set_xlabel('positions processed per puzzle (the cost of a decode)'); cost.set_ylabel('puzzles solved (%)')
+    for a in (ax, cost):
+        a.grid(alpha=0.3); a.legend(fontsize=7)
+    fig.suptitle(title + (' (bars: lowest to highest seed)' if spread_shown else ''), fontsize=9)
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
     print(f'wrote {path}')
 
@@ -275,7 +289,10 @@ def main(argv):
         raise SystemExit(f'error: --scale must be one of {list(SCALES)}')
     check_lists(cfg)
     cfg.out = cfg.out or ('results' if cfg.scale == 'cpu' else f'results/{cfg.scale}')   # smoke never overwrites results/
-    if cfg.table:
+    if cfg.table:                                   # no training: from the run's summary.json
+        s = json.load(open(f'{cfg.out}/summary.json'))
+        if s['dial']:
+            plot_dial(s['dial'], f'{cfg.out}/dial.png', dial_title(s))
         return print(write_table(cfg.out))
     device = pick_device(cfg.device)
     if cfg.sweep_latent or cfg.sweep_threshold or cfg.bench_cache:
@@ -377,15 +394,19 @@ def write_results(cfg, scale, seeds, rows, sweeps, timing):
     mean = lambda xs: sum(xs) / len(xs)
     dial = [dict(order=row['order'], k=row['k'], per_seed=[s[i]['accuracy'] for s in sweeps],
                  **{c: mean([s[i][c] for s in sweeps]) for c in COST_COLUMNS}) for i, row in enumerate(sweeps[0] if sweeps else [])]
-    if dial:
-        plot_dial(dial, f'{cfg.out}/dial.png', f'scale {cfg.scale}, mean of seeds {seed_list}, {scale["n_test"]} test puzzles')
     out = dict(scale=cfg.scale, seeds=seed_list, **timing, settings=scale, n_test=scale['n_test'],
                hardware=f'{cpu_name()}, {os.cpu_count()} cores, '
                         f'{torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"}',
                models={k: dict(mean=mean(v), min=min(v), max=max(v), per_seed=v) for k, v in summary.items()},
                dial=dial)
     json.dump(out, open(f'{cfg.out}/summary.json', 'w'), indent=1)
+    if dial:
+        plot_dial(dial, f'{cfg.out}/dial.png', dial_title(out))
     return write_table(cfg.out)
+
+
+def dial_title(s):
+    return f'scale {s["scale"]}, mean of seeds {s["seeds"]}, {s["n_test"]} test puzzles'
 
 
 def target_checks(s):

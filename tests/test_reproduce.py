@@ -29,6 +29,11 @@ def test_smoke_reproduction_writes_every_file(tmp_path):
     assert (out / 'dial.png').stat().st_size > 1000
     table = (out / 'table.md').read_text()
     assert '| MDM | random |' in table and '| top_prob | all |' in table and 'SIDM (reference)' in table
+    # --table redraws the table and the figure from summary.json alone, as the run wrote them
+    (out / 'table.md').unlink(); (out / 'dial.png').unlink()
+    r = subprocess.run([sys.executable, 'reproduce.py', '--table', f'--out={out}'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / 'table.md').read_text() == table and (out / 'dial.png').stat().st_size > 1000
 
 
 def test_every_scale_builds_valid_settings():
