@@ -14,6 +14,7 @@ reproduce.py: the paper's three findings, measured here, by one command.
     python reproduce.py --sweep_latent=0,1,2,4,all --ckpt=out/mdlm/ckpt.pt --ref_ckpts=out/mdm/ckpt.pt,out/sidm/ckpt.pt
     python reproduce.py --sweep_threshold=0,0.5,0.9,0.99 --ckpt=out/mdm/ckpt.pt   # passes vs accuracy
     python reproduce.py --bench_cache --ckpt=out/mdlm/ckpt.pt   # cached vs uncached decoding, one run
+    python reproduce.py --probe_window --ckpt=out/ar_mtp/ckpt.pt  # what AR+MTP's latent positions know
 
 Writes, under --out (default results/ for the cpu scale, results/<scale>/ for the others),
 <out>/models.csv (accuracy per task, model, seed and decoding), <out>/sweep_latent_seed*.csv
@@ -123,7 +124,11 @@ class ReproduceConfig:
     sweep_threshold: str = ''  # e.g. 0,0.5,0.9,0.99: parallel decoding, passes vs accuracy
     ref_ckpts: str = ''        # MDM / SIDM checkpoints decoded by the same rule as reference rows
     bench_cache: bool = False  # cached vs uncached decoding of --ckpt, in one run
-    n: int = 500               # test puzzles for --sweep_latent / --bench_cache
+    probe_window: bool = False # what an AR+MTP checkpoint's latent positions know, cut by cut
+    n: int = 500               # test examples for the jobs on --ckpt
+
+
+CKPT_JOBS = ('sweep_latent', 'sweep_threshold', 'bench_cache', 'probe_window')     # each needs --ckpt
 
 
 def cpu_name():
@@ -269,6 +274,55 @@ def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 4, 8, -1)):
     return results
 
 
+def probe_window(model, ckpt, n, path, device):
+    """train_ar_mtp.window_accuracy on n test examples of an AR+MTP checkpoint: for each cut (the
+    answer before it given, right), the share of examples whose guess at each answer position in
+    the window is right. Printed as a table and written to `path` (cut, position, accuracy)."""
+    from train_ar_mtp import window_accuracy
+    if ckpt['decoder']['method'] != 'ar_mtp':
+        raise SystemExit(f'error: --probe_window needs an AR+MTP checkpoint; {ckpt["attn"]!r} models have no window')
+    task, examples = checkpoint_examples(ckpt, 'test', n)
+    ids, answer_mask = (torch.from_numpy(a).to(device) for a in task.encode_batch(examples))
+    cfg = ckpt['train_config']
+    model.eval()
+    acc = window_accuracy(model, ids, answer_mask, cfg['mtp_window'], cfg['prefix'])
+    truth = task.tokenize(examples[0][1])
+    print(f'{ckpt["task_config"]}, {len(examples)} test examples, teacher-forced: % right at each answer '
+          f'position (columns) when the answer before the cut (rows) is given; first example\'s answer: {" ".join(truth)}')
+    L = acc.shape[0]
+    print('cut \\ position ' + ' '.join(f'{p:>5d}' for p in range(L)))
+    rows = []
+    for c in range(L):
+        print(f'{c:>15d} ' + ' '.join('    .' if math.isnan(a) else f'{100 * a:5.1f}' for a in acc[c].tolist()))
+        rows += [dict(cut=c, position=p, accuracy=a) for p, a in enumerate(acc[c].tolist()) if not math.isnan(a)]
+    write_csv(path, rows, ('cut', 'position', 'accuracy'))
+    print(f'wrote {path}')
+    return acc
+
+
+def check_job(cfg):
+    """One job per command: a scale run, --table, or one job on --ckpt. A setting the chosen job
+    would ignore is an error, not a silent no-op."""
+    jobs = [j for j in CKPT_JOBS if getattr(cfg, j)]
+    default = ReproduceConfig()
+    changed = lambda *keys: [f'--{k}' for k in keys if getattr(cfg, k) != getattr(default, k)]
+    if len(jobs) > 1:
+        raise SystemExit(f'error: one job per command, not {" and ".join("--" + j for j in jobs)}')
+    if jobs and not cfg.ckpt:
+        raise SystemExit(f'error: --{jobs[0]} needs --ckpt=PATH (the checkpoint it studies)')
+    if cfg.table and jobs:
+        raise SystemExit(f'error: --table rewrites a scale run\'s files; it cannot be combined with --{jobs[0]}')
+    ignored = (changed('scale', 'seeds', 'out') if jobs else
+               changed('seeds', 'device', 'ckpt', 'ref_ckpts', 'n') if cfg.table else changed('ckpt', 'ref_ckpts', 'n'))
+    if cfg.ref_ckpts and jobs != ['sweep_latent']:
+        ignored.append('--ref_ckpts')
+    if ignored:
+        job = f'--{jobs[0]}' if jobs else '--table' if cfg.table else f'a --scale={cfg.scale} run'
+        raise SystemExit(f'error: {job} does not use {", ".join(sorted(set(ignored)))} '
+                         f'(--ckpt, --n: the jobs {", ".join("--" + j for j in CKPT_JOBS)}; '
+                         '--ref_ckpts: --sweep_latent; --scale, --seeds, --out: a scale run)')
+
+
 def check_lists(cfg):
     """The comma-separated settings, each item as sample.py would check it: an error before any
     checkpoint is loaded or model trained, not a traceback halfway through a sweep."""
@@ -287,6 +341,7 @@ def main(argv):
     cfg = parse_settings(ReproduceConfig(), argv)
     if cfg.scale not in SCALES:
         raise SystemExit(f'error: --scale must be one of {list(SCALES)}')
+    check_job(cfg)
     check_lists(cfg)
     cfg.out = cfg.out or ('results' if cfg.scale == 'cpu' else f'results/{cfg.scale}')   # smoke never overwrites results/
     if cfg.table:                                   # no training: from the run's summary.json
@@ -295,10 +350,12 @@ def main(argv):
             plot_dial(s['dial'], f'{cfg.out}/dial.png', dial_title(s))
         return print(write_table(cfg.out))
     device = pick_device(cfg.device)
-    if cfg.sweep_latent or cfg.sweep_threshold or cfg.bench_cache:
+    if any(getattr(cfg, j) for j in CKPT_JOBS):
         model, ckpt = load_checkpoint(cfg.ckpt, device)
         if cfg.bench_cache:
             return bench_cache(model, ckpt, cfg.n, device)
+        if cfg.probe_window:
+            return probe_window(model, ckpt, cfg.n, os.path.join(os.path.dirname(cfg.ckpt), 'probe_window.csv'), device)
         if cfg.sweep_threshold:
             if ckpt['decoder']['method'] not in ('mdm', 'latent'):
                 raise SystemExit(f'error: --sweep_threshold needs a diffusion checkpoint; {cfg.ckpt} is {ckpt["attn"]!r}')

@@ -51,28 +51,56 @@ def ar_loss(model, ids, answer_mask, cfg, gen, rows=slice(None)):
     return loss, loss
 
 
+def mtp_inputs(ids, answer_mask, cut, window, prefix='full'):
+    """The AR+MTP view of a batch cut at position `cut` [B, 1]: answer positions from the cut on
+    become MASK, ranked by their distance from the cut (0 = the next token), and the clean prefix
+    and the first `window` of them (-1: all) attend to each other.
+    -> (input ids, attention mask, masked, rank)"""
+    T = ids.shape[1]
+    rank = (torch.arange(T, device=ids.device)[None] - cut).float()             # 0 at the cut
+    masked = answer_mask & (rank >= 0)
+    attn_mask = attention_mask(PREFIX_ATTN[prefix], masked, rank, T if window < 0 else window)
+    return ids.masked_fill(masked, MASK), attn_mask, masked, rank
+
+
 def mtp_loss(model, ids, answer_mask, cfg, gen, rows=slice(None)):
     """AR+MTP: mask everything from a random cut c in the answer on; predict the first W masked
     positions jointly (rank = distance from the cut). Every example weighs the same: its loss is
     the mean cross-entropy over its own loss positions (as in the authors' code), so examples cut
     early (many positions) do not drown the next-token term of those cut late. As in
     diffusion_loss, cuts are drawn for the whole batch and only `rows` are computed."""
-    B, T = ids.shape
-    u = torch.rand(B, 1, generator=gen, device=ids.device)[rows]
+    u = torch.rand(ids.shape[0], 1, generator=gen, device=ids.device)[rows]
     ids, answer_mask = ids[rows], answer_mask[rows]
     first = answer_mask.float().argmax(1, keepdim=True)                  # first answer position
-    n_answer = answer_mask.sum(1, keepdim=True)
-    cut = first + (u * n_answer).long()
-    rank = (torch.arange(T, device=ids.device)[None] - cut).float()             # 0 at the cut
-    masked = answer_mask & (rank >= 0)
-    W = T if cfg.mtp_window < 0 else cfg.mtp_window
-    attn_mask = attention_mask(PREFIX_ATTN[cfg.prefix], masked, rank, W)
-    _, ce = model(ids.masked_fill(masked, MASK), attn_mask=attn_mask, targets=ids)
+    cut = first + (u * answer_mask.sum(1, keepdim=True)).long()
+    x, attn_mask, masked, rank = mtp_inputs(ids, answer_mask, cut, cfg.mtp_window, cfg.prefix)
+    _, ce = model(x, attn_mask=attn_mask, targets=ids)
+    W = ids.shape[1] if cfg.mtp_window < 0 else cfg.mtp_window
     # EXERCISE 4: which positions are in the loss, and the per-example mean
     in_loss = masked & (rank < (1 if cfg.ntp_only else W))
     loss = ((ce * in_loss).sum(1) / in_loss.sum(1).clamp(min=1)).mean()
     # END EXERCISE 4
     return loss, loss
+
+
+@torch.no_grad()
+def window_accuracy(model, ids, answer_mask, window, prefix='full'):
+    """What AR+MTP's latent positions know, teacher-forced: for every cut c in the answer (the
+    answer before c given, right), the share of examples whose guess (argmax) at each masked
+    answer position p in the window is the true token. -> [L, L] float, row c, column p (answer
+    positions); NaN where p < c (given) or p is beyond the window. Column p = c is next-token
+    accuracy; the columns after it are the latent tokens' guesses about the future."""
+    first = answer_mask.float().argmax(1, keepdim=True)
+    L = int(answer_mask.sum(1).max())
+    W = L if window < 0 else window
+    acc = torch.full((L, L), float('nan'))
+    for c in range(L):
+        x, attn_mask, masked, rank = mtp_inputs(ids, answer_mask, first + c, window, prefix)
+        right = model(x, attn_mask=attn_mask)[0].argmax(-1) == ids
+        for d in range(min(W, L - c)):
+            at = masked & (rank == d)
+            acc[c, c + d] = (right & at).sum() / at.sum()
+    return acc
 
 
 def objective(cfg):

@@ -7,7 +7,7 @@ from model import KVCache, ModelConfig, Transformer
 from sample import decode_ar, decode_ar_mtp
 from data import generate
 from tasks import MASK, get_task
-from train_ar_mtp import ARConfig, ar_loss, mtp_loss, objective
+from train_ar_mtp import ARConfig, ar_loss, mtp_loss, objective, window_accuracy
 from train_mdlm import settings, train
 
 TASK = get_task('sudoku', size=4, givens=6, layout='prompt')
@@ -88,6 +88,32 @@ def test_mtp_loss_and_window(window, ntp_only):
         others = ~torch.eye(33, dtype=torch.bool)
         assert not (spy.mask[b][:, beyond] & others[:, beyond]).any()
         assert (masked[b] == (torch.arange(33) >= cut[b])).all()              # everything after the cut
+
+
+@pytest.mark.parametrize('window', [-1, 2])
+def test_window_accuracy_reads_each_latent_guess_at_its_cut(window):
+    """A fake model that knows the next token and, among the latent positions, only the odd answer
+    positions, except on example 0: row c (the cut) must be 1 at position c, 1 / 0 at odd / even
+    later positions less the one example, NaN before the cut and beyond the window."""
+    ids = torch.tensor([[3, 4, 9, 9, 9, 9, 9], [3, 5, 9, 8, 7, 6, 5], [3, 6, 9, 4, 4, 4, 4]])
+    answer = torch.tensor([[False, False, True, True, True, True, True]]).expand(3, -1)
+
+    def fake(x, attn_mask=None):
+        cut = (x == MASK).float().argmax(1, keepdim=True)             # first masked position
+        pos = torch.arange(7)[None]
+        know = (pos == cut) | ((pos - 2) % 2 == 1) & (torch.arange(3)[:, None] > 0)
+        guess = torch.where(know, ids, 15)                             # 15: a wrong token
+        assert attn_mask.shape == (3, 7, 7)
+        return torch.nn.functional.one_hot(guess, 16).float(), None
+
+    acc = window_accuracy(fake, ids, answer, window)
+    W = 5 if window < 0 else window
+    for c in range(5):
+        for p in range(5):
+            if p < c or p >= c + W:
+                assert math.isnan(acc[c, p])
+            else:
+                assert acc[c, p].item() == pytest.approx(1 if p == c else 2 / 3 if p % 2 == 1 else 0)
 
 
 def test_ar_loss_hand_computed():

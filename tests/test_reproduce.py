@@ -34,6 +34,14 @@ def test_smoke_reproduction_writes_every_file(tmp_path):
     r = subprocess.run([sys.executable, 'reproduce.py', '--table', f'--out={out}'], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / 'table.md').read_text() == table and (out / 'dial.png').stat().st_size > 1000
+    # --probe_window on an AR+MTP checkpoint of the run: one row per (cut, position in its window)
+    ckpt = out / 'ckpt' / 'AR+MTP_seed0' / 'ckpt.pt'
+    r = subprocess.run([sys.executable, 'reproduce.py', '--probe_window', f'--ckpt={ckpt}', '--n=8'],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    probe = list(csv.DictReader(open(ckpt.parent / 'probe_window.csv')))
+    assert len(probe) > 0 and all(int(p['position']) >= int(p['cut']) and 0 <= float(p['accuracy']) <= 1 for p in probe)
+    assert {int(p['cut']) for p in probe} == set(range(max(int(p['position']) for p in probe) + 1))
 
 
 def test_every_scale_builds_valid_settings():

@@ -129,6 +129,12 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('reproduce', ['--seeds=0,1.5'], "--seeds must be a comma-separated list of integers, got '0,1.5'"),
     ('reproduce', ['--sweep_latent=0,x', '--ckpt=x.pt'], "list of counts >= 0 or 'all'"),
     ('reproduce', ['--sweep_threshold=0,1.5', '--ckpt=x.pt'], 'list of numbers between 0 and 1'),
+    ('reproduce', ['--ckpt=x.pt'], 'a --scale=cpu run does not use --ckpt'),          # was: ran the cpu scale
+    ('reproduce', ['--probe_window'], '--probe_window needs --ckpt=PATH'),
+    ('reproduce', ['--bench_cache', '--probe_window', '--ckpt=x.pt'], 'one job per command'),
+    ('reproduce', ['--bench_cache', '--ckpt=x.pt', '--seeds=1'], '--bench_cache does not use --seeds'),
+    ('reproduce', ['--bench_cache', '--ckpt=x.pt', '--ref_ckpts=y.pt'], '--bench_cache does not use --ref_ckpts'),
+    ('reproduce', ['--table', '--n=5'], '--table does not use --n'),
     ('data', ['--split=dev'], "split must be one of train, val, test, not 'dev'"),                 # was: KeyError
     ('data', ['--task=path_star', '--degree=0'], 'degree and arm_length must be at least 1'),
     ('data', ['--size=4', '--givens=2'], 'no 4x4 puzzle with 2 givens in 4096 random grids'),  # looped for ever
