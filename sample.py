@@ -16,6 +16,7 @@ any decoder setting given on the command line overrides that.
     python sample.py --ckpt=out/mdlm/ckpt.pt --n=500                      # solve test puzzles
     python sample.py --ckpt=out/mdlm/ckpt.pt --n_latent=4 --order=random  # the paper's uniform order
     python sample.py --ckpt=out/mdlm/ckpt.pt --show --n_latent=3          # watch it decode
+    python sample.py --ckpt=out/ar_mtp/ckpt.pt --show                     # AR+MTP: each step's latent guesses
     python sample.py --ckpt=out/mdm/ckpt.pt --threshold=0.999             # several tokens per pass
     python sample.py --ckpt=out/mdlm/ckpt.pt --input=puzzles.txt --output=answers.txt
 The last line printed is one JSON object (accuracy, n, nfe_per_sample, positions_per_sample,
@@ -235,7 +236,7 @@ def decode_ar(model, x, temperature=0.0, use_cache=True, gen=None):
 
 
 @torch.no_grad()
-def decode_ar_mtp(model, x, attn='prefix', window=-1, temperature=0.0, use_cache=True, gen=None):
+def decode_ar_mtp(model, x, attn='prefix', window=-1, temperature=0.0, use_cache=True, gen=None, trace=None):
     """AR with latent tokens: left to right, one token per step, with the next `window` positions
     present as MASK latents in the pass (rank = distance from the cut, as in training).
     Positions beyond the window are seen by no one, so they are not run at all (exact).
@@ -264,6 +265,8 @@ def decode_ar_mtp(model, x, attn='prefix', window=-1, temperature=0.0, use_cache
         logits, _ = model(sub, pos=pos, attn_mask=attn_mask, cache=cache)
         if cache is not None: cache.commit(1)
         x[:, c], _ = choose_tokens(logits[:, c - first], temperature, gen)
+        if trace is not None:                             # for --show: the latents' guesses (row 0)
+            trace.append(dict(pos=c, guess=logits[0, c - first + 1:].argmax(-1)))
         nfe += 1; positions += end - first
     return x, dict(nfe=nfe, positions=positions)
 
@@ -334,7 +337,7 @@ def evaluate(model, task, examples, attn, decoder=None, batch_size=256, device='
 @dataclass
 class SampleConfig:
     ckpt: str = 'out/mdlm/ckpt.pt'     # the checkpoint; it fixes the task and the decoder
-    show: bool = False               # print one puzzle being decoded, latents marked * with their guesses
+    show: bool = False               # print one example being decoded, with its latent tokens' guesses
     input: str = ''                  # a file in the task's standard format
     output: str = ''                 # where to write the answers (same format)
     skip_bad: bool = False           # skip and report malformed input lines instead of stopping
@@ -406,14 +409,27 @@ def decoder_for(ckpt, cfg):
 
 
 def show(model, task, problem, attn, decoder, device):
-    """Print one example being decoded step by step: '*' latent cells, '.' other masked cells, and
-    what each latent position predicts in that pass (its guess is never committed: the cell is
-    decoded later, maybe to another value, which is printed beside it)."""
-    if decoder['method'] != 'latent':
-        raise SystemExit('error: --show draws the latent sampler; use a semi_causal checkpoint')
+    """Print one example being decoded step by step, with what the latent positions guess in each
+    pass (a guess is never committed: the position is decoded later, maybe to another value).
+    Latent sampler: '*' latent cells, '.' other masked cells, each guess beside its final value.
+    AR+MTP: the answer so far, the token this step writes in [brackets], then the guesses of the
+    latent positions after it (`window` of them, or all)."""
+    if decoder['method'] not in ('latent', 'ar_mtp'):
+        raise SystemExit('error: --show draws latent tokens: use a semi_causal or an AR+MTP checkpoint')
+    settings = {k: v for k, v in decoder.items() if k != 'method'}
+    if decoder['method'] == 'ar_mtp':
+        x, trace = torch.from_numpy(task.encode(problem)[0])[None].to(device), []
+        out, _ = decode_ar_mtp(model, x, attn, trace=trace, **settings)
+        words = lambda ids: ' '.join(task.vocab[int(i)] for i in ids)
+        print(f'problem: {problem}')
+        for step, t in enumerate(trace):
+            p = t['pos']
+            print(f'step {step + 1}: {words(out[0, task.prompt_len + 1:p])} [{words(out[0, p:p + 1])}] '
+                  f'{words(t["guess"])}'.replace('  ', ' ').rstrip())
+        answer = task.decode_answer(out[0].cpu().numpy())
+        return print(f'answer {"verifies" if task.verify(problem, answer) else "is WRONG"}: {answer}')
     x = torch.from_numpy(task.encode(problem)[0])[None].to(device)
     trace = []
-    settings = {k: v for k, v in decoder.items() if k != 'method'}
     out, _ = decode_latent(model, x, attn, trace=trace, gen=torch.Generator(device=device).manual_seed(0), **settings)
     start = task.prompt_len + 1
     for step, t in enumerate(trace):

@@ -1,5 +1,5 @@
 """AR and AR+MTP: KV-cache parity, the MTP loss and its window, tiny models learn."""
-import math
+import math, re
 import numpy as np
 import pytest
 import torch
@@ -114,6 +114,24 @@ def test_window_accuracy_reads_each_latent_guess_at_its_cut(window):
                 assert math.isnan(acc[c, p])
             else:
                 assert acc[c, p].item() == pytest.approx(1 if p == c else 2 / 3 if p % 2 == 1 else 0)
+
+
+def test_show_draws_each_ar_mtp_step_with_its_latent_guesses(capsys):
+    """--show on AR+MTP: one line per answer position, the tokens written so far, this step's token
+    in brackets, then one guess per latent position in the window (W - 1, fewer near the end)."""
+    import sample
+    model, _ = model_and_batch()
+    (problem, _), = generate(TASK, 1, seed=3, workers=1)
+    sample.show(model, TASK, problem, 'prefix', dict(sample.DECODERS['ar_mtp'][1], method='ar_mtp', window=3), 'cpu')
+    lines = capsys.readouterr().out.strip().splitlines()
+    out, _ = decode_ar_mtp(model, torch.from_numpy(TASK.encode(problem)[0])[None], 'prefix', window=3)
+    written = [TASK.vocab[int(i)] for i in out[0, TASK.prompt_len + 1:]]
+    steps = [line for line in lines if line.startswith('step ')]
+    assert lines[0] == f'problem: {problem}' and len(steps) == TASK.answer_len == len(written)
+    for i, line in enumerate(steps):
+        before, new, guesses = re.fullmatch(r'step \d+: (.*?) ?\[(\S+)\] ?(.*)', line).groups()
+        assert before.split() == written[:i] and new == written[i]
+        assert len(guesses.split()) == min(2, len(written) - i - 1)
 
 
 def test_ar_loss_hand_computed():
