@@ -15,6 +15,8 @@ What it teaches:
   --prefix=causal  clean positions attend causally and never to the masked suffix (the authors'
                    code trains this variant too); what is ours is using it at inference: the
                    prefix keys/values are cached, so a step costs W+1 positions.
+  window_accuracy  what the latent positions know: at each cut, how often each one's guess about
+                   the future is right (`python reproduce.py --probe_window --ckpt=...`).
 
     python train_ar_mtp.py --task=path_star --mtp_window=0   --out_dir=out/ar
     python train_ar_mtp.py --task=path_star --mtp_window=-1  --out_dir=out/ar_mtp
