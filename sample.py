@@ -413,12 +413,12 @@ def show(model, task, problem, attn, decoder, device):
     pass (a guess is never committed: the position is decoded later, maybe to another value).
     Latent sampler: '*' latent cells, '.' other masked cells, each guess beside its final value.
     AR+MTP: the answer so far, the token this step writes in [brackets], then the guesses of the
-    latent positions after it (`window` of them, or all)."""
+    latent positions after it (the rest of its window)."""
     if decoder['method'] not in ('latent', 'ar_mtp'):
         raise SystemExit('error: --show draws latent tokens: use a semi_causal or an AR+MTP checkpoint')
     settings = {k: v for k, v in decoder.items() if k != 'method'}
+    x, trace = torch.from_numpy(task.encode(problem)[0])[None].to(device), []
     if decoder['method'] == 'ar_mtp':
-        x, trace = torch.from_numpy(task.encode(problem)[0])[None].to(device), []
         out, _ = decode_ar_mtp(model, x, attn, trace=trace, **settings)
         words = lambda ids: ' '.join(task.vocab[int(i)] for i in ids)
         print(f'problem: {problem}')
@@ -426,26 +426,23 @@ def show(model, task, problem, attn, decoder, device):
             p = t['pos']
             print(f'step {step + 1}: {words(out[0, task.prompt_len + 1:p])} [{words(out[0, p:p + 1])}] '
                   f'{words(t["guess"])}'.replace('  ', ' ').rstrip())
-        answer = task.decode_answer(out[0].cpu().numpy())
-        return print(f'answer {"verifies" if task.verify(problem, answer) else "is WRONG"}: {answer}')
-    x = torch.from_numpy(task.encode(problem)[0])[None].to(device)
-    trace = []
-    out, _ = decode_latent(model, x, attn, trace=trace, gen=torch.Generator(device=device).manual_seed(0), **settings)
-    start = task.prompt_len + 1
-    for step, t in enumerate(trace):
-        now = t['x'].clone(); now[t['commit']] = out[0][t['commit']]
-        cells = [task.vocab[int(i)] if int(i) > SEP else '.' for i in now[start:]]
-        marks = {p - start: '*' for p in torch.nonzero(t['latent']).flatten().tolist()}
-        new = [p - start for p in torch.nonzero(t['commit']).flatten().tolist()]
-        print(f'step {step + 1}: decode {", ".join(f"cell {c} = {cells[c]}" for c in new)}; '
-              f'{len(marks)} latent tokens (*), {int((t["x"] == MASK).sum()) - len(new) - len(marks)} other masked (.)')
-        if task.name.startswith('sudoku'):
-            print('\n'.join(task.grid(cells, marks)))
-        else:
-            print(''.join(marks.get(i, c) for i, c in enumerate(cells)))
-        # what each latent position predicts in this pass (never committed), and what the cell becomes
-        guesses = [f'{c}:{task.vocab[int(t["guess"][c + start])]}/{task.vocab[int(out[0][c + start])]}' for c in sorted(marks)]
-        print(f'latent guesses (cell:guess/final): {" ".join(guesses)}' if guesses else '', end='\n\n')
+    else:
+        out, _ = decode_latent(model, x, attn, trace=trace, gen=torch.Generator(device=device).manual_seed(0), **settings)
+        start = task.prompt_len + 1
+        for step, t in enumerate(trace):
+            now = t['x'].clone(); now[t['commit']] = out[0][t['commit']]
+            cells = [task.vocab[int(i)] if int(i) > SEP else '.' for i in now[start:]]
+            marks = {p - start: '*' for p in torch.nonzero(t['latent']).flatten().tolist()}
+            new = [p - start for p in torch.nonzero(t['commit']).flatten().tolist()]
+            print(f'step {step + 1}: decode {", ".join(f"cell {c} = {cells[c]}" for c in new)}; '
+                  f'{len(marks)} latent tokens (*), {int((t["x"] == MASK).sum()) - len(new) - len(marks)} other masked (.)')
+            if task.name.startswith('sudoku'):
+                print('\n'.join(task.grid(cells, marks)))
+            else:
+                print(''.join(marks.get(i, c) for i, c in enumerate(cells)))
+            # what each latent position predicts in this pass (never committed), and what the cell becomes
+            guesses = [f'{c}:{task.vocab[int(t["guess"][c + start])]}/{task.vocab[int(out[0][c + start])]}' for c in sorted(marks)]
+            print(f'latent guesses (cell:guess/final): {" ".join(guesses)}' if guesses else '', end='\n\n')
     answer = task.decode_answer(out[0].cpu().numpy())
     print(f'answer {"verifies" if task.verify(problem, answer) else "is WRONG"}: {answer}')
 
