@@ -284,7 +284,6 @@ def probe_window(model, ckpt, n, path, device):
     task, examples = checkpoint_examples(ckpt, 'test', n)
     ids, answer_mask = (torch.from_numpy(a).to(device) for a in task.encode_batch(examples))
     cfg = ckpt['train_config']
-    model.eval()
     acc = window_accuracy(model, ids, answer_mask, cfg['mtp_window'], cfg['prefix'])
     truth = task.tokenize(examples[0][1])
     print(f'{ckpt["task_config"]}, {len(examples)} test examples, teacher-forced: % right at each answer '

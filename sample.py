@@ -477,7 +477,6 @@ def main(argv):
         raise SystemExit(f'error: --n and --batch_size must be at least 1, got {cfg.n} and {cfg.batch_size}')
     device, dtype, _ = resolve_system(cfg.device, cfg.dtype)
     model, ckpt = load_checkpoint(cfg.ckpt, device)
-    model.eval()
     task = get_task(**ckpt['task_config'])
     decoder = decoder_for(ckpt, cfg)
     examples = load_examples(task, ckpt, cfg)

@@ -197,7 +197,7 @@ def save_checkpoint(path, **state):
 
 
 def load_checkpoint(path, device='cpu'):
-    """-> (model, checkpoint dict). Clear one-line errors for a missing, unsafe, foreign or
+    """-> (model in eval mode, checkpoint dict). Clear one-line errors for a missing, unsafe, foreign or
     incomplete file."""
     if not os.path.exists(path):
         raise SystemExit(f'error: checkpoint {path!r} does not exist')
@@ -223,4 +223,4 @@ def load_checkpoint(path, device='cpu'):
     except RuntimeError as e:
         raise SystemExit(f'error: the weights in {path!r} do not fit the model it describes '
                          f'({str(e).splitlines()[0][:120]})')
-    return model, ckpt
+    return model.eval(), ckpt                     # for inference; training sets train() itself

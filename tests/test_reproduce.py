@@ -37,6 +37,7 @@ def test_smoke_reproduction_writes_every_file(tmp_path):
     assert (out / 'table.md').read_text() == table and (out / 'dial.png').stat().st_size > 1000
     # --probe_window on an AR+MTP checkpoint of the run: one row per (cut, position in its window)
     ckpt = out / 'ckpt' / 'AR+MTP_seed0' / 'ckpt.pt'
+    assert not load_checkpoint(str(ckpt))[0].training          # loaded for inference: no dropout
     reproduce.main(['--probe_window', f'--ckpt={ckpt}', '--n=8'])
     probe = list(csv.DictReader(open(ckpt.parent / 'probe_window.csv')))
     assert len(probe) > 0 and all(int(p['position']) >= int(p['cut']) and 0 <= float(p['accuracy']) <= 1 for p in probe)
