@@ -18,10 +18,12 @@ def parse_settings(cfg, argv, extra=(), refuse=None):
     """A dataclass instance, then preset files (positional *.json arguments or --preset=path),
     then --key=value overrides, in order. An unknown key is an error that lists the valid ones.
     Keys named in `extra` are returned separately, typed by parse_value; keys in `refuse` ({key: why}) are an error
-    that says why (a setting that exists elsewhere but means nothing here). --help (or -h)
-    anywhere prints every setting, as the other arguments leave it, and exits."""
+    that says why (a setting that exists elsewhere but means nothing here). A key given twice on
+    the command line is an error too: one of the two values would be ignored (a preset's value
+    overridden on the command line is the point of presets). --help (or -h) anywhere prints every
+    setting, as the other arguments leave it, and exits."""
     fields = {f.name for f in dataclasses.fields(cfg)}
-    refuse, extras = refuse or {}, {}
+    refuse, extras, given = refuse or {}, {}, {}
     want_help = any(arg in ('--help', '-h') for arg in argv)
     argv = [arg for arg in argv if arg not in ('--help', '-h')]
 
@@ -54,6 +56,10 @@ def parse_settings(cfg, argv, extra=(), refuse=None):
             for k, v in preset.items():
                 set_(k, v, path)
         else:
+            if key in given:
+                raise SystemExit(f'error: --{key} is given twice ({given[key]} and {arg}); '
+                                 'one value would be ignored, so give it once')
+            given[key] = arg
             set_(key, value if eq else 'true', 'the command line')
     if want_help:
         print(settings_help(cfg, extra, refuse))
