@@ -12,6 +12,9 @@ What it teaches:
                    c+1 .. c+W-1 are latent tokens: joint guesses about the future.
   --ntp_only       ablation: same inputs, loss on the first masked position only. It separates
                    "more positions in the pass" from "predicting future tokens jointly".
+  --teacherless=q  a share q of the examples is cut at the answer's start, the rest uniformly:
+                   q = 1 is Bachmann and Nagarajan's teacherless objective (the whole answer
+                   guessed from the prompt, no answer token given), q = 0 the paper's AR+MTP.
   --prefix=causal  clean positions attend causally and never to the masked suffix (the authors'
                    code trains this variant too); what is ours is using it at inference: the
                    prefix keys/values are cached, so a step costs W+1 positions.
@@ -38,6 +41,7 @@ class ARConfig(TrainConfig):
     # AR and AR+MTP
     mtp_window: int = 0               # 0: plain AR;  W > 0 (or -1 = all): AR+MTP
     ntp_only: bool = False            # ablation: loss on the first masked position only
+    teacherless: float = 0.0          # share of examples cut at the answer's start (0: all cuts uniform)
     prefix: str = 'full'              # full | causal (a cacheable prefix)
 
 
@@ -70,10 +74,13 @@ def mtp_loss(model, ids, answer_mask, cfg, gen, rows=slice(None)):
     positions jointly (rank = distance from the cut). Every example weighs the same: its loss is
     the mean cross-entropy over its own loss positions (as in the authors' code), so examples cut
     early (many positions) do not drown the next-token term of those cut late. As in
-    diffusion_loss, cuts are drawn for the whole batch and only `rows` are computed."""
+    diffusion_loss, cuts are drawn for the whole batch and only `rows` are computed.
+    With --teacherless=q, u < q cuts at the answer's start and the rest of u spreads uniformly
+    (one draw either way, so q = 0 draws the very same cuts)."""
     u = torch.rand(ids.shape[0], 1, generator=gen, device=ids.device)[rows]
     ids, answer_mask = ids[rows], answer_mask[rows]
     first = answer_mask.float().argmax(1, keepdim=True)                  # first answer position
+    u = ((u - cfg.teacherless) / (1 - cfg.teacherless)).clamp(min=0) if cfg.teacherless < 1 else u * 0
     cut = first + (u * answer_mask.sum(1, keepdim=True)).long()
     x, attn_mask, masked, rank = mtp_inputs(ids, answer_mask, cut, cfg.mtp_window, cfg.prefix)
     _, ce = model(x, attn_mask=attn_mask, targets=ids)
@@ -109,11 +116,13 @@ def objective(cfg):
     """(loss, attention structure, decoder) that train() needs for these settings."""
     if cfg.prefix not in PREFIX_ATTN:
         raise SystemExit(f'error: --prefix must be full or causal, got {cfg.prefix!r}')
+    if not 0 <= cfg.teacherless <= 1:
+        raise SystemExit(f'error: --teacherless is a share of examples, from 0 to 1, got {cfg.teacherless}')
     if cfg.mtp_window < -1:
         raise SystemExit(f'error: --mtp_window must be 0 (AR), a window W > 0 or -1 (all), got {cfg.mtp_window}')
     if cfg.mtp_window == 0:
-        if cfg.ntp_only or cfg.prefix != 'full':
-            raise SystemExit('error: --ntp_only and --prefix apply to AR+MTP; set --mtp_window too')
+        if cfg.ntp_only or cfg.prefix != 'full' or cfg.teacherless:
+            raise SystemExit('error: --ntp_only, --prefix and --teacherless apply to AR+MTP; set --mtp_window too')
         return ar_loss, 'causal', default_decoder('causal')
     attn = PREFIX_ATTN[cfg.prefix]
     return mtp_loss, attn, default_decoder(attn, cfg.mtp_window)

@@ -90,6 +90,26 @@ def test_mtp_loss_and_window(window, ntp_only):
         assert (masked[b] == (torch.arange(33) >= cut[b])).all()              # everything after the cut
 
 
+@pytest.mark.parametrize('q', [0.0, 0.5, 1.0])
+def test_teacherless_share_cuts_at_the_answer_start(q):
+    """--teacherless=q: a share q of the examples is cut at the answer's first position (the whole
+    answer masked), the rest uniformly over the answer; q = 0 draws exactly the paper's cuts."""
+    ex = generate(TASK, 4, seed=0, workers=1)
+    ids = torch.from_numpy(np.stack([TASK.encode(*e)[0] for e in ex])).repeat(1000, 1)
+    answer = torch.from_numpy(np.stack([TASK.encode(*e)[1] for e in ex])).repeat(1000, 1)
+    L = int(answer[0].sum())                                       # 16 answer cells
+    spy, cuts = Spy(), {}
+    for share in (0.0, q):
+        mtp_loss(spy, ids, answer, ARConfig(mtp_window=-1, teacherless=share), torch.Generator().manual_seed(0))
+        cuts[share] = (spy.x == MASK).float().argmax(1) - answer.float().argmax(1)
+    at_start = (cuts[q] == 0).float().mean().item()
+    assert at_start == pytest.approx(q + (1 - q) / L, abs=0.025)   # 4,000 draws: 3 standard errors
+    assert cuts[q].min() >= 0 and cuts[q].max() <= L - 1
+    if q < 1:                                                      # the rest still reach every cut
+        assert set(cuts[q].tolist()) == set(range(L))
+    assert torch.equal(cuts[q], cuts[0.0]) == (q == 0)
+
+
 @pytest.mark.parametrize('window', [-1, 2])
 def test_window_accuracy_reads_each_latent_guess_at_its_cut(window):
     """A fake model that knows the next token and, among the latent positions, only the odd answer

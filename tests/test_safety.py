@@ -114,6 +114,8 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('train_ar_mtp', ['--attn=full'], 'AR attention follows from --mtp_window'),
     ('train_ar_mtp', ['--bench'], 'python train_mdlm.py --bench'),
     ('train_ar_mtp', ['--ntp_only'], 'apply to AR+MTP'),
+    ('train_ar_mtp', ['--teacherless=0.5'], 'apply to AR+MTP'),
+    ('train_ar_mtp', ['--mtp_window=-1', '--teacherless=2'], 'share of examples'),
     ('sample', ['--policy=uniform'], '--order=random'),
     ('train_mdlm', ['--dtype=bf16'], "dtype must be one of auto, bfloat16, float16, float32, not 'bf16'"),
     ('train_mdlm', ['--compile=yes'], "compile must be auto, true or false, not 'yes'"),
