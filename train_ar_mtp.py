@@ -93,23 +93,27 @@ def mtp_loss(model, ids, answer_mask, cfg, gen, rows=slice(None)):
 
 
 @torch.no_grad()
-def window_accuracy(model, ids, answer_mask, window, prefix='full'):
+def window_accuracy(model, ids, answer_mask, window, prefix='full', batch_size=128):
     """What AR+MTP's latent positions know, teacher-forced: for every cut c in the answer (the
     answer before c given, right), the share of examples whose guess (argmax) at each masked
     answer position p in the window is the true token. -> [L, L] float, row c, column p (answer
     positions); NaN where p < c (given) or p is beyond the window. Column p = c is next-token
-    accuracy; the columns after it are the latent tokens' guesses about the future."""
-    first = answer_mask.float().argmax(1, keepdim=True)
+    accuracy; the columns after it are the latent tokens' guesses about the future. Examples
+    run batch_size at a time (counts are summed, so the batch size does not change the result)."""
     L = int(answer_mask.sum(1).max())
     W = L if window < 0 else window
-    acc = torch.full((L, L), float('nan'))
-    for c in range(L):
-        x, attn_mask, masked, rank = mtp_inputs(ids, answer_mask, first + c, window, prefix)
-        right = model(x, attn_mask=attn_mask)[0].argmax(-1) == ids
-        for d in range(min(W, L - c)):
-            at = masked & (rank == d)
-            acc[c, c + d] = (right & at).sum() / at.sum()
-    return acc
+    right_n, seen_n = torch.zeros(L, L), torch.zeros(L, L)
+    for b in range(0, len(ids), batch_size):
+        x_ids, x_answer = ids[b:b + batch_size], answer_mask[b:b + batch_size]
+        first = x_answer.float().argmax(1, keepdim=True)
+        for c in range(L):
+            x, attn_mask, masked, rank = mtp_inputs(x_ids, x_answer, first + c, window, prefix)
+            right = model(x, attn_mask=attn_mask)[0].argmax(-1) == x_ids
+            for d in range(min(W, L - c)):
+                at = masked & (rank == d)
+                right_n[c, c + d] += (right & at).sum().item()
+                seen_n[c, c + d] += at.sum().item()
+    return right_n / seen_n                       # 0 / 0 = NaN: given, or beyond the window
 
 
 def objective(cfg):

@@ -110,23 +110,25 @@ def test_teacherless_share_cuts_at_the_answer_start(q):
     assert torch.equal(cuts[q], cuts[0.0]) == (q == 0)
 
 
-@pytest.mark.parametrize('window', [-1, 2])
-def test_window_accuracy_reads_each_latent_guess_at_its_cut(window):
+@pytest.mark.parametrize('window,batch_size', [(-1, 128), (2, 128), (-1, 2), (2, 1)])
+def test_window_accuracy_reads_each_latent_guess_at_its_cut(window, batch_size):
     """A fake model that knows the next token and, among the latent positions, only the odd answer
     positions, except on example 0: row c (the cut) must be 1 at position c, 1 / 0 at odd / even
-    later positions less the one example, NaN before the cut and beyond the window."""
+    later positions less the one example, NaN before the cut and beyond the window; the same
+    whether the three examples run together or in batches of 2 or 1."""
     ids = torch.tensor([[3, 4, 9, 9, 9, 9, 9], [3, 5, 9, 8, 7, 6, 5], [3, 6, 9, 4, 4, 4, 4]])
     answer = torch.tensor([[False, False, True, True, True, True, True]]).expand(3, -1)
 
     def fake(x, attn_mask=None):
+        example = x[:, 1] - 4                                          # its prompt token: 4, 5 or 6
         cut = (x == MASK).float().argmax(1, keepdim=True)             # first masked position
         pos = torch.arange(7)[None]
-        know = (pos == cut) | ((pos - 2) % 2 == 1) & (torch.arange(3)[:, None] > 0)
-        guess = torch.where(know, ids, 15)                             # 15: a wrong token
-        assert attn_mask.shape == (3, 7, 7)
+        know = (pos == cut) | ((pos - 2) % 2 == 1) & (example[:, None] > 0)
+        guess = torch.where(know, ids[example], 15)                    # 15: a wrong token
+        assert attn_mask.shape == (len(x), 7, 7) and len(x) <= batch_size
         return torch.nn.functional.one_hot(guess, 16).float(), None
 
-    acc = window_accuracy(fake, ids, answer, window)
+    acc = window_accuracy(fake, ids, answer, window, batch_size=batch_size)
     W = 5 if window < 0 else window
     for c in range(5):
         for p in range(5):
