@@ -449,6 +449,7 @@ def bench(cfg, iters=20, rounds=5):
     compiled = {id(m): torch.compile(m) if use_compile else m for m in models}
     opts = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-4) for m in models}
     speeds = {name: [] for name in runs}          # tokens/s of each row, one entry per round
+    progress = tqdm(total=rounds * len(runs), desc='bench (rows x rounds)', leave=False)   # minutes on a CPU
     for _ in range(rounds):
         for name, (m, loss_of) in runs.items():
             for i in range(iters + 3):
@@ -460,6 +461,8 @@ def bench(cfg, iters=20, rounds=5):
                 opts[id(m)].zero_grad(); loss.backward(); opts[id(m)].step()
             if device == 'cuda': torch.cuda.synchronize()
             speeds[name].append(B * T * iters / (time.time() - t))
+            progress.update()
+    progress.close()
 
     def ratio(row, base):       # median (range) over rounds of row / base, both from the same round
         r = sorted(a / b for a, b in zip(speeds[row], speeds[base]))
