@@ -80,7 +80,8 @@ def mtp_loss(model, ids, answer_mask, cfg, gen, rows=slice(None)):
     u = torch.rand(ids.shape[0], 1, generator=gen, device=ids.device)[rows]
     ids, answer_mask = ids[rows], answer_mask[rows]
     first = answer_mask.float().argmax(1, keepdim=True)                  # first answer position
-    u = ((u - cfg.teacherless) / (1 - cfg.teacherless)).clamp(min=0) if cfg.teacherless < 1 else u * 0
+    # (below 1 after rounding too, so every cut stays inside the answer; at q = 0 nothing moves)
+    u = ((u - cfg.teacherless) / (1 - cfg.teacherless)).clamp(0, 1 - 1e-7) if cfg.teacherless < 1 else u * 0
     cut = first + (u * answer_mask.sum(1, keepdim=True)).long()
     x, attn_mask, masked, rank = mtp_inputs(ids, answer_mask, cut, cfg.mtp_window, cfg.prefix)
     _, ce = model(x, attn_mask=attn_mask, targets=ids)
