@@ -71,8 +71,7 @@ class Spy(torch.nn.Module):
 @pytest.mark.parametrize('window,ntp_only', [(1, False), (3, False), (-1, False), (3, True)])
 def test_mtp_loss_and_window(window, ntp_only):
     _, x = model_and_batch(8)
-    ids, answer = torch.from_numpy(np.stack([TASK.encode(*e)[0] for e in generate(TASK, 8, seed=0, workers=1)])), None
-    answer = torch.from_numpy(np.stack([TASK.encode(*e)[1] for e in generate(TASK, 8, seed=0, workers=1)]))
+    ids, answer = (torch.from_numpy(a) for a in TASK.encode_batch(generate(TASK, 8, seed=0, workers=1)))
     spy = Spy()
     cfg = ARConfig(mtp_window=window, ntp_only=ntp_only)
     loss, _ = mtp_loss(spy, ids, answer, cfg, torch.Generator().manual_seed(0))
@@ -94,9 +93,7 @@ def test_mtp_loss_and_window(window, ntp_only):
 def test_teacherless_share_cuts_at_the_answer_start(q):
     """--teacherless=q: a share q of the examples is cut at the answer's first position (the whole
     answer masked), the rest uniformly over the answer; q = 0 draws exactly the paper's cuts."""
-    ex = generate(TASK, 4, seed=0, workers=1)
-    ids = torch.from_numpy(np.stack([TASK.encode(*e)[0] for e in ex])).repeat(1000, 1)
-    answer = torch.from_numpy(np.stack([TASK.encode(*e)[1] for e in ex])).repeat(1000, 1)
+    ids, answer = (torch.from_numpy(a).repeat(1000, 1) for a in TASK.encode_batch(generate(TASK, 4, seed=0, workers=1)))
     L = int(answer[0].sum())                                       # 16 answer cells
     spy, cuts = Spy(), {}
     for share in (0.0, q):
