@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from multiprocessing import get_context
 import numpy as np
+from configurator import parse_settings
 from tasks import TASKS, get_task, task_options
 
 DATA_VERSION = 1                  # bump when a generator in tasks.py changes: stale caches are ignored
@@ -147,7 +148,6 @@ class TasksCLI:
 
 
 def main(argv):
-    from utils import parse_settings     # (imports torch: only the command line pays)
     args, options = parse_settings(TasksCLI(), argv, extra=sorted({p for t in TASKS for p in task_options(t)}))
     if args.bench:
         return bench()

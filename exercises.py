@@ -12,7 +12,7 @@ with a reason (tests/conftest.py), so a student sees only the failures that are 
 """
 import json, os, re, shutil, subprocess, sys, tempfile
 from dataclasses import dataclass
-from utils import parse_settings
+from configurator import parse_settings
 
 # number: (title, file and function, hint, what you should see when it works, exercises it needs)
 EXERCISES = {

@@ -32,7 +32,8 @@ import torch
 from sample import DECODERS, checkpoint_examples, decoder_value_ok, evaluate
 from train_ar_mtp import ARConfig, objective
 from train_mdlm import TrainConfig, train
-from utils import load_checkpoint, parse_settings, parse_value, pick_device
+from configurator import parse_settings, parse_value
+from utils import load_checkpoint, pick_device
 
 # C3 models: name -> the settings that differ (train_ar_mtp.objective turns them into loss,
 # attention structure and decoder)

@@ -30,7 +30,8 @@ from tqdm import tqdm
 from model import KVCache, attention_mask
 from data import SPLITS, TaskFormatError, load_splits, read_examples, write_examples
 from tasks import MASK, SEP, get_task
-from utils import autocast, load_checkpoint, parse_settings, resolve_system
+from configurator import parse_settings
+from utils import autocast, load_checkpoint, resolve_system
 
 
 def choose_tokens(logits, temperature, gen):

@@ -24,7 +24,8 @@ from model import ATTNS, INIT_STD, ModelConfig, Transformer, attend, attention_m
 from sample import ATTN_METHOD, default_decoder, evaluate
 from data import load_splits
 from tasks import MASK, TASKS, get_task, task_options
-from utils import autocast, load_checkpoint, parse_settings, resolve_system, save_checkpoint
+from configurator import parse_settings
+from utils import autocast, load_checkpoint, resolve_system, save_checkpoint
 
 
 @dataclass

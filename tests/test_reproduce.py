@@ -1,15 +1,15 @@
 """reproduce.py --scale=smoke: every table and figure is written with the expected structure.
 (This checks the pipeline, not the scientific outcome.)"""
-import csv, json, shutil, subprocess, sys
+import csv, json, shutil
 import pytest
+import reproduce
 from utils import load_checkpoint
 
 
 def test_smoke_reproduction_writes_every_file(tmp_path):
+    # in-process through main(argv), as the command line runs it (a subprocess costs 5 s of imports)
     out = tmp_path / 'results'
-    r = subprocess.run([sys.executable, 'reproduce.py', '--scale=smoke', '--seeds=0,1', f'--out={out}'],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
+    reproduce.main(['--scale=smoke', '--seeds=0,1', f'--out={out}'])
     rows = list(csv.DictReader(open(out / 'models.csv')))
     models = ('MDM', 'SIDM', 'SCDM', 'AR', 'AR+MTP', 'AR-NTP', 'AR+MTP causal prefix', 'AR+MTP W=2')
     assert {(r['model'], r['seed']) for r in rows} == {(m, s) for m in models for s in '01'}
@@ -30,8 +30,6 @@ def test_smoke_reproduction_writes_every_file(tmp_path):
     table = (out / 'table.md').read_text()
     assert '| MDM | random |' in table and '| top_prob | all |' in table and 'SIDM (reference)' in table
     # --table redraws the table and the figure from summary.json alone, as the run wrote them
-    # (in-process, as the two jobs below: a subprocess costs seconds of imports)
-    import reproduce
     (out / 'table.md').unlink(); (out / 'dial.png').unlink()
     reproduce.main(['--table', f'--out={out}'])
     assert (out / 'table.md').read_text() == table and (out / 'dial.png').stat().st_size > 1000
@@ -72,7 +70,6 @@ def test_cache_benchmark_of_a_latent_checkpoint(trained_semi_causal):
 
 
 def test_a_scale_without_diffusion_models_runs_c3_only_and_keeps_finished_seeds(tmp_path, monkeypatch):
-    import reproduce
     monkeypatch.setitem(reproduce.SCALES, 'c3_only', dict(reproduce.SCALES['smoke'], diffusion=None, ar_models='AR',
                                                          windows='', n_test=8))
     monkeypatch.chdir(tmp_path)
@@ -112,7 +109,6 @@ def test_a_scale_without_diffusion_models_runs_c3_only_and_keeps_finished_seeds(
 def test_a_scale_without_ar_models_runs_c1_and_c2_only_with_longer_steps(tmp_path, monkeypatch):
     """Like the c2_long scale: diffusion models only (ar_models=''), SCDM and SIDM trained
     longer than MDM."""
-    import reproduce
     monkeypatch.setitem(reproduce.SCALES, 'c2_only', dict(reproduce.SCALES['smoke'], ar=None, ar_models='', windows='',
                                                          longer=dict(SIDM=30, SCDM=30), n_test=8, ks='0,all'))
     monkeypatch.chdir(tmp_path)
