@@ -2,6 +2,7 @@
 utils.py: the torch plumbing every script shares, kept out of the model so model.py is only the model
 (settings are in configurator.py).
 
+  pick_device      the device a setting names, checked on this machine
   resolve_system   device, dtype (bf16 where supported) and torch.compile from 'auto' settings
   autocast         the mixed-precision context for a device and dtype
   save_checkpoint / load_checkpoint   atomic writes, safe reads (no code runs on load)
