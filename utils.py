@@ -33,7 +33,8 @@ def pick_device(device='auto'):
 def resolve_system(device='auto', dtype='auto', compile='auto'):
     """-> (device, dtype, use_compile). dtype 'auto' is bf16 on CUDA cards that support it and on
     CPUs with AVX-512 (`train_mdlm.py --bench` prints ours in float32 beside the autocast rows: on
-    our 2-core Xeon with AMX, 0.8M parameters, bf16 autocast trained 1.5x the tokens/s of float32);
+    our 2-core Xeon with AMX, 0.8M parameters, bf16 autocast trained 1.5x the tokens/s of float32;
+    on an AVX2-only EPYC it trained 15x slower than float32, README's Settings);
     compile 'auto' is on for CUDA only: on a CPU it needs a C++ compiler and tens of seconds to
     build, and pays only in part (results/benchmarks.md: on the Xeon AR+MTP trained 1.6x slower
     compiled)."""
