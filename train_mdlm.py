@@ -432,23 +432,16 @@ def bench(cfg, steps=60, warmup=3):
     ours_autograd_rms = norms_replaced(lambda: torch.nn.RMSNorm(cfg.n_embd))
     runs['ours, causal, LayerNorm'] = (ours_ln, causal_loss)
     runs['ours, causal, autograd RMSNorm'] = (ours_autograd_rms, causal_loss)
-    # ... with the rotation's backward left to autograd (the formula of model.rotate, plainly),
-    # and with no rotation (what rotary embeddings cost; nanoGPT has none). The no-rotation copy
-    # keeps q and k laid out as the rotation leaves them, so only the rotation's arithmetic is missing
+    # ... and with no rotation (what rotary embeddings cost; nanoGPT has none). The copy keeps
+    # q and k laid out as the rotation leaves them, so only the rotation's arithmetic is missing
     import model as model_py                      # Attention.forward looks rotary up here
-    def rotary_through_autograd(x, cos, sin):
-        (x1, x2), cos, sin = x.chunk(2, -1), cos.to(x.dtype), sin.to(x.dtype)
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
-    def with_rotary(rotary):
-        def loss_of(m):
-            saved, model_py.rotary = model_py.rotary, rotary
-            try:
-                return causal_loss(m)
-            finally:
-                model_py.rotary = saved
-        return loss_of
-    runs['ours, causal, autograd rotary'] = (ours, with_rotary(rotary_through_autograd))
-    runs['ours, causal, no rotary'] = (ours, with_rotary(lambda x, cos, sin: x.contiguous()))
+    def no_rotary_loss(m):
+        saved, model_py.rotary = model_py.rotary, lambda x, cos, sin: x.contiguous()
+        try:
+            return causal_loss(m)
+        finally:
+            model_py.rotary = saved
+    runs['ours, causal, no rotary'] = (ours, no_rotary_loss)
     if dtype != 'float32':                          # does autocast pay on this machine? measure it
         def float32_loss(m):
             with torch.autocast(device.split(':')[0], enabled=False):

@@ -2,8 +2,7 @@
 import itertools
 import pytest
 import torch
-from model import (ModelConfig, RMSNorm, RMSNormFunction, Transformer, attend, attention_mask, rotary,
-                   rotary_cos_sin)
+from model import ModelConfig, RMSNorm, RMSNormFunction, Transformer, attend, attention_mask
 
 torch.manual_seed(0)
 V, T = 12, 9
@@ -160,31 +159,6 @@ def test_rms_norm_backward_written_out_matches_autograd():
         y.backward(g)
     torch.testing.assert_close(xs[0].grad, xs[1].grad)
     torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
-
-
-def test_rotary_backward_written_out_matches_autograd():
-    """model.rotary's hand-written backward (the rotation by minus the angles) against autograd
-    through the rotate-half formula written plainly, on a strided view as the model passes it
-    (q and k of one qkv projection): the same output and gradient bit for bit (so training runs
-    repeat the runs measured before it was written out), a finite-difference check in float64,
-    and the rotation keeps each pair's length (it rotates, it does not scale)."""
-    torch.manual_seed(0)
-    pos = torch.tensor([[0, 5, 2, 7], [3, 1, 6, 4]])                 # any position ids, any order
-    cos, sin = (t.double() for t in rotary_cos_sin(pos, 8))
-    def plain(x):
-        x1, x2 = x.chunk(2, -1)
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
-    qkv = torch.randn(2, 4, 3, 2, 8, dtype=torch.float64)             # [B, T, 3, heads, head_dim]
-    xs = [qkv.clone().requires_grad_() for _ in range(2)]
-    ys = [f(x.permute(2, 0, 3, 1, 4)[:2]) for f, x in ((lambda x: rotary(x, cos, sin), xs[0]), (plain, xs[1]))]
-    assert torch.equal(ys[0], ys[1])
-    g = torch.randn_like(ys[0])
-    for y in ys:
-        y.backward(g)
-    assert torch.equal(xs[0].grad, xs[1].grad)
-    assert torch.autograd.gradcheck(lambda x: rotary(x, cos, sin), (torch.randn(2, 2, 4, 8, dtype=torch.float64, requires_grad=True),))
-    pair_length = lambda x: x[..., :4] ** 2 + x[..., 4:] ** 2
-    torch.testing.assert_close(pair_length(ys[0]), pair_length(qkv.permute(2, 0, 3, 1, 4)[:2]))
 
 
 def test_bf16_autocast_stays_close_to_fp32():
