@@ -172,7 +172,7 @@ def test_bf16_autocast_stays_close_to_fp32():
 @pytest.mark.slow
 def test_compiled_model_matches_eager_on_cpu():
     """torch.compile (on by default on CUDA) must not change a training step's numbers: logits
-    and every gradient, checked on CPU (~30 s). The backward matters: a hand-written rotary
+    and every gradient, checked on CPU (~20 s). The backward matters: a hand-written rotary
     backward once compiled a forward alone and failed inside the compiler in training, at the
     default width and heads only (so they are used here)."""
     torch.manual_seed(0)

@@ -183,10 +183,10 @@ def test_training_benchmark_measures_every_row(capsys):
     rotary = model.rotary
     cfg, do_bench = settings(['presets/tiny_test.json', '--bench', '--dtype=bfloat16', '--batch_size=8'])   # speed is not tested
     assert do_bench
-    best = bench(cfg, steps=1)
+    tokens_per_s = bench(cfg, steps=1)
     expected = {'plain GPT (causal)', 'plain GPT, our attend', 'ours, causal', 'ours, causal, LayerNorm',
                 'ours, causal, autograd RMSNorm', 'ours, causal, no rotary', 'ours, causal, float32', *(f'ours, {a}' for a in DIFFUSION_ATTNS)}
-    assert set(best) == expected and all(v > 0 for v in best.values())
+    assert set(tokens_per_s) == expected and all(v > 0 for v in tokens_per_s.values())
     assert model.rotary is rotary                                   # the 'no rotary' row put it back
     out = capsys.readouterr().out
     assert all(name in out for name in expected) and '1.00x plain GPT (1.00-1.00)' in out
