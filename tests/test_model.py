@@ -173,8 +173,8 @@ def test_bf16_autocast_stays_close_to_fp32():
 def test_compiled_model_matches_eager_on_cpu():
     """torch.compile (on by default on CUDA) must not change a training step's numbers: logits
     and every gradient, checked on CPU (~20 s). The backward matters: a hand-written rotary
-    backward once compiled a forward alone and failed inside the compiler in training, at the
-    default width and heads only (so they are used here)."""
+    backward once compiled a forward alone and failed inside the compiler in training, with the
+    default width and heads and not with the tiny model's (so they are used here)."""
     torch.manual_seed(0)
     model, x = Transformer(ModelConfig(vocab_size=V, block_size=32, n_layer=2)), torch.randint(0, V, (4, T))
     mask = attention_mask('semi_causal', MASKED.expand(4, T), RANK.expand(4, T))
