@@ -396,11 +396,10 @@ class PlainGPT(torch.nn.Module):
 def bench(cfg, steps=60, warmup=3):
     """Tokens/s per training step: plain GPT, then ours with causal attention and with each
     diffusion structure (and, when the run uses bf16/fp16 autocast, ours in float32).
-    The rows take turns step by step, and each row's ratio to the plain GPT is taken step by step
-    (the plain GPT's step of the same turn) and summarised by the median over steps, with the
-    middle half of them: on a shared 2-core machine the speed drifts over seconds by more than
-    the differences measured here, and a row timed as a block of steps minutes away from the
-    plain GPT's block measured the drift along with the row."""
+    The rows take turns step by step, and each row's ratio to the plain GPT is taken against the
+    plain GPT's step of the same turn, then summarised by the median over steps with the middle
+    half of them: on a shared 2-core machine the speed drifts over seconds by more than the
+    differences measured here, and steps a second apart drift together."""
     check_settings(cfg)
     device, dtype, use_compile = resolve_system(cfg.device, cfg.dtype, cfg.compile)
     task = get_task(cfg.task, **cfg.task_options)
@@ -472,15 +471,15 @@ def bench(cfg, steps=60, warmup=3):
           f'{sum(p.numel() for p in gpt.parameters()) / 1e6:.2f}M, batch {B} x {T} tokens, {device} {dtype} '
           f'compile={use_compile}, {steps} steps of each row in turn: median tokens/s, and the '
           f'median (middle half) over steps of the ratio to the plain GPT in the same turn')
-    typical = {name: statistics.median(v) for name, v in speeds.items()}
-    for name, tps in typical.items():
+    median_speed = {name: statistics.median(v) for name, v in speeds.items()}
+    for name, tps in median_speed.items():
         mfu = f', MFU {ours.estimate_mfu(tps, T):.1%}' if device == 'cuda' else ''
         median, spread = ratio(name, 'plain GPT (causal)')
         print(f'  {name:30s} {tps:10.0f} tokens/s  {median} plain GPT {spread}{mfu}')
     if 'plain GPT, our attend' in runs:             # like for like: the same attention code
         print(f'  like for like, ours causal / plain GPT with our attend: '
               f'{" ".join(ratio("ours, causal", "plain GPT, our attend"))}')
-    return typical
+    return median_speed
 
 
 def main(argv):

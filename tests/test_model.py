@@ -8,9 +8,9 @@ torch.manual_seed(0)
 V, T = 12, 9
 
 
-def tiny(n_layer=2):
+def tiny(n_layer=2, n_head=2, n_embd=32):
     torch.manual_seed(0)
-    return Transformer(ModelConfig(vocab_size=V, block_size=32, n_layer=n_layer, n_head=2, n_embd=32)).eval()
+    return Transformer(ModelConfig(vocab_size=V, block_size=32, n_layer=n_layer, n_head=n_head, n_embd=n_embd)).eval()
 
 
 def influence(model, x, mask, is_causal=False):
@@ -175,8 +175,7 @@ def test_compiled_model_matches_eager_on_cpu():
     and every gradient, checked on CPU (~20 s). The backward matters: a hand-written rotary
     backward once compiled a forward alone and failed inside the compiler in training, with the
     default width and heads and not with the tiny model's (so they are used here)."""
-    torch.manual_seed(0)
-    model, x = Transformer(ModelConfig(vocab_size=V, block_size=32, n_layer=2)), torch.randint(0, V, (4, T))
+    model, x = tiny(n_head=4, n_embd=128), torch.randint(0, V, (4, T))       # ModelConfig's defaults
     mask = attention_mask('semi_causal', MASKED.expand(4, T), RANK.expand(4, T))
     def training_step(run):
         logits, ce = run(x, attn_mask=mask, targets=x)
