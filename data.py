@@ -7,7 +7,7 @@ content-disjoint train/val/test splits cached on disk, and the command line.
     python data.py --task=zebra --show --n=1
     python data.py --bench                                        # examples generated per second
 """
-import csv, hashlib, json, math, os, sys, time
+import csv, gzip, hashlib, io, json, math, os, sys, time, zipfile
 from collections import Counter
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -27,13 +27,36 @@ class TaskFormatError(ValueError):
 PUZZLE_COLUMNS, SOLUTION_COLUMNS = ('puzzle', 'quiz', 'question'), ('solution', 'answer')
 
 
+def read_lines(path):
+    """The lines of a text file, plain, gzip-compressed or a zip holding one file (public puzzle
+    sets are often shipped compressed; told apart by their first bytes, not by the name), with a
+    byte-order mark dropped and line ends kept for the csv reader. Not UTF-8: TaskFormatError."""
+    with open(path, 'rb') as f:
+        data = f.read()
+    if data[:2] == b'\x1f\x8b':
+        data = gzip.decompress(data)
+    elif data[:4] == b'PK\x03\x04':
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                names = [n for n in z.namelist() if not n.endswith('/')]
+                if len(names) != 1:
+                    raise TaskFormatError(f'{path}: a zip file must hold exactly one file, this one holds {len(names)}')
+                data = z.read(names[0])
+        except zipfile.BadZipFile as e:
+            raise TaskFormatError(f'{path}: a damaged zip file ({e})') from None
+    try:
+        return list(io.StringIO(data.decode('utf-8-sig'), newline=''))
+    except UnicodeDecodeError as e:
+        raise TaskFormatError(f'{path}: not a UTF-8 text file (byte {e.start} is {data[e.start:e.start + 1]!r}); '
+                              'give puzzles as text, gzip or a zip of one file') from None
+
+
 def read_examples(task, path, skip_bad=False):
     """Read a file in the task's format -> list of (problem, answer or None).
     A bad line raises TaskFormatError('path:line: reason'); with skip_bad=True bad lines are
     skipped and returned as a list of messages: (examples, errors)."""
     examples, errors = [], []
-    with open(path, newline='', encoding='utf-8-sig') as f:     # -sig: drops a byte-order mark
-        lines = list(f)
+    lines = read_lines(path)
     header = next(csv.reader(lines[:1]), [])
     column = lambda words: next((h for h in header if any(w in h.strip().lower() for w in words)), None)
     pcol, scol = column(PUZZLE_COLUMNS), column(SOLUTION_COLUMNS)

@@ -1,5 +1,5 @@
 """tasks.py and data.py: generators verify, corruptions are rejected, formats round-trip, splits are disjoint."""
-import json, subprocess, sys
+import gzip, json, subprocess, sys, zipfile
 import numpy as np
 import pytest
 from data import TaskFormatError, generate, load_splits, make_splits, read_examples, write_examples
@@ -171,6 +171,26 @@ def test_sudoku_standard_formats(tmp_path):
                         ('"id", "Puzzle", "Solution"', f'0,{problem},{answer}')]:       # quoted, spaced
         csv_path.write_text(f'{header}\n{row}\n')
         assert read_examples(task, str(csv_path)) == [(problem, answer if ',' in header else None)], header
+
+
+def test_compressed_files_read_as_the_plain_file_and_binary_ones_are_refused(tmp_path):
+    """Public puzzle sets ship as .gz or as a zip of one CSV; the first bytes say which."""
+    task = get_task('sudoku', size=9)
+    (problem, answer), = generate(task, 1, seed=0, workers=1)
+    text = f'quizzes,solutions\r\n{problem.replace(".", "0")},{answer}\r\n{problem}\r\n'
+    (tmp_path / 'p.gz').write_bytes(gzip.compress(text.encode()))
+    with zipfile.ZipFile(tmp_path / 'p.zip', 'w') as z:
+        z.writestr('sudoku.csv', text)
+    for name in ('p.gz', 'p.zip'):              # the name says nothing: a .txt holding gzip reads too
+        assert read_examples(task, str(tmp_path / name)) == [(problem, answer), (problem, None)], name
+    with zipfile.ZipFile(tmp_path / 'two.zip', 'w') as z:
+        z.writestr('a.csv', text); z.writestr('b.csv', text)
+    (tmp_path / 'binary.txt').write_bytes(b'\x00\xff\xfe' + problem.encode())
+    (tmp_path / 'cut.zip').write_bytes((tmp_path / 'p.zip').read_bytes()[:40])
+    for name, message in (('two.zip', 'must hold exactly one file, this one holds 2'),
+                          ('binary.txt', 'not a UTF-8 text file'), ('cut.zip', 'a damaged zip file')):
+        with pytest.raises(TaskFormatError, match=message):
+            read_examples(task, str(tmp_path / name))
 
 
 BAD_LINES = [('sudoku', dict(size=4), '1234'),                   # wrong length
