@@ -4,6 +4,8 @@ configurator.py: nanoGPT-style settings for every script, and nothing else (no t
 
   parse_settings   a dataclass, preset files, --key=value overrides; unknown, repeated or
                    refused keys are errors that say why
+  refuse_unused    settings that the chosen mode would ignore are an error that says why
+                   (changed_settings: which of them differ from their defaults)
   settings_help    what --help prints: every setting with the comment written next to it
   parse_value      a command-line string as the type of the setting it sets
 """
@@ -62,6 +64,20 @@ def parse_settings(cfg, argv, extra=(), refuse=None):
         print(settings_help(cfg, extra, refuse))
         raise SystemExit(0)
     return (cfg, extras) if extra else cfg
+
+
+def changed_settings(cfg, keys):
+    """Those of `keys` that cfg sets away from their defaults, as '--key'."""
+    default = type(cfg)()
+    return [f'--{key}' for key in keys if getattr(cfg, key) != getattr(default, key)]
+
+
+def refuse_unused(cfg, keys, mode, why):
+    """Settings of `keys` given although `mode` ignores them: an error that names them and says
+    why, rather than a run that silently drops them."""
+    unused = changed_settings(cfg, keys)
+    if unused:
+        raise SystemExit(f'error: {mode} does not use {", ".join(unused)} ({why})')
 
 
 def setting_comments(cls):

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from multiprocessing import get_context
 import numpy as np
-from configurator import parse_settings
+from configurator import parse_settings, refuse_unused
 from tasks import TASKS, get_task, task_options
 
 DATA_VERSION = 1                  # bump when a generator in tasks.py changes: stale caches are ignored
@@ -51,8 +51,9 @@ def read_lines(path):
                               'give puzzles as text, gzip or a zip of one file') from None
 
 
-def read_examples(task, path, skip_bad=False):
-    """Read a file in the task's format -> list of (problem, answer or None).
+def read_examples(task, path, skip_bad=False, limit=None):
+    """Read a file in the task's format -> list of (problem, answer or None), the first `limit`
+    of them (all if None; lines after the limit are not checked).
     A bad line raises TaskFormatError('path:line: reason'); with skip_bad=True bad lines are
     skipped and returned as a list of messages: (examples, errors)."""
     examples, errors = [], []
@@ -72,6 +73,7 @@ def read_examples(task, path, skip_bad=False):
     else:
         rows = ((i + 1, line) for i, line in enumerate(lines))
     for lineno, line in rows:
+        if limit is not None and len(examples) >= limit: break
         line = line.strip()
         if not line or line.startswith('#'): continue
         try:
@@ -173,7 +175,16 @@ class TasksCLI:
 def main(argv):
     args, options = parse_settings(TasksCLI(), argv, extra=sorted({p for t in TASKS for p in task_options(t)}))
     if args.bench:
+        if options:
+            raise SystemExit(f'error: --bench does not use --{", --".join(options)} (it times every task at its own settings)')
+        refuse_unused(args, ['task', 'n', 'seed', 'split', 'out', 'check', 'skip_bad', 'show'], '--bench',
+                      'it times every task at its own settings')
         return bench()
+    if args.check:
+        refuse_unused(args, ['n', 'seed', 'split', 'out', 'show'], '--check', 'it reads answers from a file '
+                      'and generates nothing')
+    else:
+        refuse_unused(args, ['skip_bad'], 'generating', 'it skips malformed lines of a --check file')
     try:
         task = get_task(args.task, **options)
     except (ValueError, TypeError) as e:

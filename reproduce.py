@@ -32,7 +32,7 @@ import torch
 from sample import DECODERS, checkpoint_examples, decoder_value_ok, evaluate
 from train_ar_mtp import ARConfig, objective
 from train_mdlm import TrainConfig, train
-from configurator import parse_settings, parse_value
+from configurator import changed_settings, parse_settings, parse_value
 from utils import load_checkpoint, pick_device
 
 # C3 models: name -> the settings that differ (train_ar_mtp.objective turns them into loss,
@@ -304,8 +304,7 @@ def check_job(cfg):
     """One job per command: a scale run, --table, or one job on --ckpt. A setting the chosen job
     would ignore is an error, not a silent no-op."""
     jobs = [j for j in CKPT_JOBS if getattr(cfg, j)]
-    default = ReproduceConfig()
-    changed = lambda *keys: [f'--{k}' for k in keys if getattr(cfg, k) != getattr(default, k)]
+    changed = lambda *keys: changed_settings(cfg, keys)
     if len(jobs) > 1:
         raise SystemExit(f'error: one job per command, not {" and ".join("--" + j for j in jobs)}')
     if jobs and not cfg.ckpt:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from model import KVCache, attention_mask
 from data import SPLITS, TaskFormatError, load_splits, read_examples, write_examples
 from tasks import MASK, SEP, get_task
-from configurator import parse_settings
+from configurator import parse_settings, refuse_unused
 from utils import autocast, load_checkpoint, resolve_system
 
 
@@ -342,8 +342,8 @@ class SampleConfig:
     input: str = ''                  # a file in the task's standard format
     output: str = ''                 # where to write the answers (same format)
     skip_bad: bool = False           # skip and report malformed input lines instead of stopping
-    n: int = 1000                    # test examples to decode
-    split: str = 'test'              # train | val | test: the split decoded when no --input is given
+    n: int = None                    # decode the first n examples (unset: 1000 of a split, all of --input)
+    split: str = None                # train | val | test (unset: test): the checkpoint's own data, without --input
     # decoder settings: None = as the checkpoint was evaluated in training
     n_latent: str = None             # latent sampler: an int or 'all'
     order: str = None                # random | top_prob | margin | entropy
@@ -458,15 +458,16 @@ def load_examples(task, ckpt, cfg):
     """The puzzles to decode: an input file, or a split of the checkpoint's own data."""
     if cfg.input:
         try:
-            read = read_examples(task, cfg.input, skip_bad=cfg.skip_bad)
+            read = read_examples(task, cfg.input, skip_bad=cfg.skip_bad, limit=cfg.n)
         except (TaskFormatError, OSError) as e:
             raise SystemExit(f'error: {e} (the checkpoint is for {task.name} {task.options})')
         examples, errors = read if cfg.skip_bad else (read, [])
         for e in errors: print('skipped', e)
         return examples
-    if cfg.split not in SPLITS:
+    split = cfg.split or 'test'
+    if split not in SPLITS:
         raise SystemExit(f'error: --split must be one of {", ".join(SPLITS)}')
-    return checkpoint_examples(ckpt, cfg.split, cfg.n)[1]
+    return checkpoint_examples(ckpt, split, cfg.n or 1000)[1]
 
 
 def main(argv):
@@ -474,8 +475,15 @@ def main(argv):
         'eval': 'decoding and scoring is what sample.py does by default; drop --eval',
         'policy': 'the commit rule is --order=random (uniform) or --order=top_prob (confidence)',
         'method': 'the decoder follows from the checkpoint\'s attention structure'})
-    if cfg.n < 1 or cfg.batch_size < 1:
+    if (cfg.n is not None and cfg.n < 1) or cfg.batch_size < 1:
         raise SystemExit(f'error: --n and --batch_size must be at least 1, got {cfg.n} and {cfg.batch_size}')
+    if cfg.input:
+        refuse_unused(cfg, ['split'], '--input', "it decodes the file, not a split of the checkpoint's data")
+    else:
+        refuse_unused(cfg, ['skip_bad'], 'decoding without --input', 'it skips malformed lines of an --input file')
+    if cfg.show:
+        refuse_unused(cfg, ['output', 'n', 'batch_size'], '--show', 'it decodes one example, the first, '
+                      'prints it and writes no answers')
     device, dtype, _ = resolve_system(cfg.device, cfg.dtype)
     model, ckpt = load_checkpoint(cfg.ckpt, device)
     task = get_task(**ckpt['task_config'])

@@ -140,6 +140,11 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('reproduce', ['--bench_cache', '--ckpt=x.pt', '--ref_ckpts=y.pt'], '--bench_cache does not use --ref_ckpts'),
     ('reproduce', ['--table', '--n=5'], '--table does not use --n'),
     ('data', ['--split=dev'], "split must be one of train, val, test, not 'dev'"),                 # was: KeyError
+    ('data', ['--check=answers.txt', '--n=5'], '--check does not use --n'),                         # was: ignored
+    ('data', ['--bench', '--task=zebra', '--houses=3'], '--bench does not use --houses'),
+    ('data', ['--bench', '--task=zebra'], '--bench does not use --task'),
+    ('data', ['--skip_bad'], 'generating does not use --skip_bad'),
+    ('sample', ['--skip_bad'], 'decoding without --input does not use --skip_bad'),
     ('data', ['--task=path_star', '--degree=0'], 'degree and arm_length must be at least 1'),
     ('data', ['--size=4', '--givens=2'], 'no 4x4 puzzle with 2 givens in 4096 random grids'),  # looped for ever
     ('train_mdlm', ['--size=4', '--givens=3'], 'no 4x4 puzzle with 3 givens'),

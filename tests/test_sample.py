@@ -163,6 +163,15 @@ def test_file_input_is_solved_and_written_in_the_same_format(trained_semi_causal
     lines = out.read_text().splitlines()
     assert len(lines) == 20 and all(l.split(',')[0] == p for l, (p, _) in zip(lines, ex))
     assert result['n'] == 20 and result['accuracy'] == sum(TASK.verify(*l.split(',')) for l in lines) / 20
+    # --n takes the first n lines of a file (a public file may hold millions), in-process this time
+    sample.main([f'--ckpt={trained_semi_causal}/out/ckpt.pt', f'--input={src}', f'--output={out}', '--n=3'])
+    assert out.read_text().splitlines() == lines[:3]
+    for args, ignored in (([f'--input={src}', '--split=val'], '--split'),
+                          (['--show', f'--output={out}'], '--output'), (['--show', '--n=5'], '--n'),
+                          (['--show', '--batch_size=8'], '--batch_size')):
+        with pytest.raises(SystemExit, match=f'does not use {ignored}'):
+            sample.main([f'--ckpt={trained_semi_causal}/out/ckpt.pt', *args])
+    assert out.read_text().splitlines() == lines[:3]             # nothing written by a refused run
 
 
 def test_decoder_defaults_to_the_checkpoint_and_rejects_settings_that_do_not_apply():

@@ -161,6 +161,7 @@ def test_sudoku_standard_formats(tmp_path):
     path = tmp_path / 'p.txt'
     path.write_text(f'{problem.replace(".", "0")}   # from somewhere\n{problem}\n\n{problem},{answer}\n')
     assert read_examples(task, str(path)) == [(problem, None), (problem, None), (problem, answer)]
+    assert read_examples(task, str(path), limit=2) == [(problem, None), (problem, None)]
     path.write_text(f'{problem}\r\n{problem}\r\n\r\n{problem},{answer}\r\n', encoding='utf-8-sig')   # saved on Windows
     assert read_examples(task, str(path)) == [(problem, None), (problem, None), (problem, answer)]
     csv_path = tmp_path / 'p.csv'
