@@ -475,8 +475,8 @@ def main(argv):
         'eval': 'decoding and scoring is what sample.py does by default; drop --eval',
         'policy': 'the commit rule is --order=random (uniform) or --order=top_prob (confidence)',
         'method': 'the decoder follows from the checkpoint\'s attention structure'})
-    if (cfg.n is not None and cfg.n < 1) or cfg.batch_size < 1:
-        raise SystemExit(f'error: --n and --batch_size must be at least 1, got {cfg.n} and {cfg.batch_size}')
+    if (cfg.n is not None and (type(cfg.n) is not int or cfg.n < 1)) or cfg.batch_size < 1:     # n unset: typed by guess
+        raise SystemExit(f'error: --n and --batch_size must be at least 1, got {cfg.n!r} and {cfg.batch_size}')
     if cfg.input:
         refuse_unused(cfg, ['split'], '--input', "it decodes the file, not a split of the checkpoint's data")
     else:
