@@ -21,7 +21,7 @@ def parse_settings(cfg, argv, extra=(), refuse=None):
     the command line is an error too: one of the two values would be ignored (a preset's value
     overridden on the command line is the point of presets). --help (or -h) anywhere prints every
     setting, as the other arguments leave it, and exits."""
-    fields = {f.name for f in dataclasses.fields(cfg)}
+    fields = {f.name: f.type for f in dataclasses.fields(cfg)}
     refuse, extras, given = refuse or {}, {}, {}
     want_help = any(arg in ('--help', '-h') for arg in argv)
     argv = [arg for arg in argv if arg not in ('--help', '-h')]
@@ -33,8 +33,10 @@ def parse_settings(cfg, argv, extra=(), refuse=None):
             extras[key] = parse_value(value) if isinstance(value, str) else value; return
         if key not in fields:
             raise SystemExit(f'error: unknown setting {key!r} in {source}. Valid settings: '
-                             + ', '.join(sorted(fields | set(extra))))
+                             + ', '.join(sorted(set(fields) | set(extra))))
         current = getattr(cfg, key)
+        if current is None and fields[key] in (bool, int, float):
+            current = fields[key]()         # an unset setting is typed by its annotation, not guessed
         if isinstance(value, str) and not isinstance(current, str):
             value = parse_value(value, current, key)
         setattr(cfg, key, value)
@@ -72,10 +74,10 @@ def changed_settings(cfg, keys):
     return [f'--{key}' for key in keys if getattr(cfg, key) != getattr(default, key)]
 
 
-def refuse_unused(cfg, keys, mode, why):
-    """Settings of `keys` given although `mode` ignores them: an error that names them and says
-    why, rather than a run that silently drops them."""
-    unused = changed_settings(cfg, keys)
+def refuse_unused(cfg, keys, mode, why, extras=()):
+    """Settings of `keys` given although `mode` ignores them (and any of `extras`, settings given
+    outside cfg): an error that names them and says why, rather than a run that silently drops them."""
+    unused = changed_settings(cfg, keys) + [f'--{key}' for key in extras]
     if unused:
         raise SystemExit(f'error: {mode} does not use {", ".join(unused)} ({why})')
 

@@ -175,10 +175,8 @@ class TasksCLI:
 def main(argv):
     args, options = parse_settings(TasksCLI(), argv, extra=sorted({p for t in TASKS for p in task_options(t)}))
     if args.bench:
-        if options:
-            raise SystemExit(f'error: --bench does not use --{", --".join(options)} (it times every task at its own settings)')
         refuse_unused(args, ['task', 'n', 'seed', 'split', 'out', 'check', 'skip_bad', 'show'], '--bench',
-                      'it times every task at its own settings')
+                      'it times every task at its own settings', extras=options)
         return bench()
     if args.check:
         refuse_unused(args, ['n', 'seed', 'split', 'out', 'show'], '--check', 'it reads answers from a file '

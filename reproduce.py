@@ -304,15 +304,14 @@ def check_job(cfg):
     """One job per command: a scale run, --table, or one job on --ckpt. A setting the chosen job
     would ignore is an error, not a silent no-op."""
     jobs = [j for j in CKPT_JOBS if getattr(cfg, j)]
-    changed = lambda *keys: changed_settings(cfg, keys)
     if len(jobs) > 1:
         raise SystemExit(f'error: one job per command, not {" and ".join("--" + j for j in jobs)}')
     if jobs and not cfg.ckpt:
         raise SystemExit(f'error: --{jobs[0]} needs --ckpt=PATH (the checkpoint it studies)')
     if cfg.table and jobs:
         raise SystemExit(f'error: --table rewrites a scale run\'s files; it cannot be combined with --{jobs[0]}')
-    ignored = (changed('scale', 'seeds', 'out') if jobs else
-               changed('seeds', 'device', 'ckpt', 'ref_ckpts', 'n') if cfg.table else changed('ckpt', 'ref_ckpts', 'n'))
+    ignored = changed_settings(cfg, ['scale', 'seeds', 'out'] if jobs else
+                               ['seeds', 'device', 'ckpt', 'ref_ckpts', 'n'] if cfg.table else ['ckpt', 'ref_ckpts', 'n'])
     if cfg.ref_ckpts and jobs != ['sweep_latent']:
         ignored.append('--ref_ckpts')
     if ignored:

@@ -376,8 +376,9 @@ DECODER_VALUES = {      # setting: (is the value usable?, what it must be); a ba
 
 
 def decoder_value_ok(key, value):
-    """Is `value` usable for decoder setting `key` (DECODER_VALUES)? One of the wrong type (an
-    unset setting's command-line value is guessed: 'abc' stays a string, 'true' a bool) is not."""
+    """Is `value` usable for decoder setting `key` (DECODER_VALUES)? One of the wrong type is not:
+    a preset's JSON value, or n_latent's command-line value, whose type is guessed ('4' an int,
+    'abc' a string, 'true' a bool; the command line types the others by their annotation)."""
     if isinstance(value, bool) != (key == 'use_cache'):
         return False
     try:
@@ -475,8 +476,8 @@ def main(argv):
         'eval': 'decoding and scoring is what sample.py does by default; drop --eval',
         'policy': 'the commit rule is --order=random (uniform) or --order=top_prob (confidence)',
         'method': 'the decoder follows from the checkpoint\'s attention structure'})
-    if (cfg.n is not None and (type(cfg.n) is not int or cfg.n < 1)) or cfg.batch_size < 1:     # n unset: typed by guess
-        raise SystemExit(f'error: --n and --batch_size must be at least 1, got {cfg.n!r} and {cfg.batch_size}')
+    if (cfg.n is not None and cfg.n < 1) or cfg.batch_size < 1:
+        raise SystemExit(f'error: --n and --batch_size must be at least 1, got {cfg.n} and {cfg.batch_size}')
     if cfg.input:
         refuse_unused(cfg, ['split'], '--input', "it decodes the file, not a split of the checkpoint's data")
     else:

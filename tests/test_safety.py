@@ -129,7 +129,8 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('train_ar_mtp', ['--mtp_window=-1', '--max_iters=0'], 'max_iters must be at least 1'),
     ('train_ar_mtp', ['--mtp_window=-3'], 'mtp_window must be 0 (AR), a window W > 0 or -1 (all)'),
     ('sample', ['--n=-5'], '--n and --batch_size must be at least 1, got -5'),    # was: all but the last 5
-    ('sample', ['--n=1.5'], '--n and --batch_size must be at least 1, got 1.5'),
+    ('sample', ['--n=1.5'], "bad value '1.5' for n (expected int)"),         # unset, was: guessed a float
+    ('sample', ['--n_candidates=1.5'], "bad value '1.5' for n_candidates (expected int)"),   # was: decoded
     ('reproduce', ['--seeds=0,a'], "--seeds must be a comma-separated list of integers, got '0,a'"),
     ('reproduce', ['--seeds=0,1.5'], "--seeds must be a comma-separated list of integers, got '0,1.5'"),
     ('reproduce', ['--sweep_latent=0,x', '--ckpt=x.pt'], "list of counts >= 0 or 'all'"),
@@ -142,7 +143,7 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('reproduce', ['--table', '--n=5'], '--table does not use --n'),
     ('data', ['--split=dev'], "split must be one of train, val, test, not 'dev'"),                 # was: KeyError
     ('data', ['--check=answers.txt', '--n=5'], '--check does not use --n'),                         # was: ignored
-    ('data', ['--bench', '--task=zebra', '--houses=3'], '--bench does not use --houses'),
+    ('data', ['--bench', '--houses=3'], '--bench does not use --houses'),
     ('data', ['--bench', '--task=zebra'], '--bench does not use --task'),
     ('data', ['--skip_bad'], 'generating does not use --skip_bad'),
     ('sample', ['--skip_bad'], 'decoding without --input does not use --skip_bad'),
