@@ -24,7 +24,7 @@ from model import ATTNS, INIT_STD, ModelConfig, Transformer, attend, attention_m
 from sample import ATTN_METHOD, default_decoder, evaluate
 from data import load_splits
 from tasks import MASK, TASKS, get_task, task_options
-from configurator import parse_settings
+from configurator import parse_settings, refuse_unused
 from utils import autocast, load_checkpoint, resolve_system, save_checkpoint
 
 
@@ -93,6 +93,12 @@ def changed_settings(saved, cfg):
                      if k not in SYSTEM_SETTINGS and saved[k] != v)
 
 
+# What --bench builds and times: one training step of every model, at this size and batch. Any
+# other setting on the command line would be ignored, so it is refused; a preset's other settings
+# are not (the 19M bench borrows presets/sudoku9_gpu.json for its size alone).
+BENCH_SETTINGS = ('task', 'task_options', 'n_layer', 'n_head', 'n_embd', 'batch_size', 'eps', 'device', 'dtype', 'compile')
+
+
 def settings(argv, cfg=None, bench=True, refuse=None):
     """Parse --key=value; task options (--size=9) go to cfg.task_options. Defaults that do not
     apply to the chosen task are dropped; a task option the task does not have is an error here,
@@ -100,6 +106,11 @@ def settings(argv, cfg=None, bench=True, refuse=None):
     cfg, extra = parse_settings(cfg or TrainConfig(), argv, extra=TASK_OPTIONS + (['bench'] if bench else []),
                                 refuse=refuse)
     do_bench = bool(extra.pop('bench', False))
+    if do_bench:
+        given = [arg[2:].partition('=')[0] for arg in argv if arg.startswith('--')]
+        refuse_unused(cfg, (), '--bench', 'it times one training step of every model: only the size, batch, '
+                      'task and system settings count; a preset may set others',
+                      extras=[k for k in given if k not in (*BENCH_SETTINGS, *TASK_OPTIONS, 'bench', 'preset')])
     valid = task_options(cfg.task)
     cfg.task_options = {**{k: v for k, v in cfg.task_options.items() if k in valid}, **extra}
     try:

@@ -126,6 +126,8 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('train_mdlm', ['--batch_size=0'], 'batch_size and grad_accum must be at least 1'),  # was: "diverged"
     ('train_mdlm', ['--eps=2'], 'eps must be between 0 and 1'),
     ('train_mdlm', ['--bench', '--n_head=5'], 'n_embd (128) must be a multiple of 2 x n_head (5)'),
+    ('train_mdlm', ['--bench', '--max_iters=5', '--size=9', '--attn=full'], '--bench does not use --max_iters, --attn'),  # was: ignored
+    ('train_mdlm', ['--preset=sudoku9_cpu', '--bench', '--out_dir=x'], '--bench does not use --out_dir'),   # the preset's keys are fine
     ('train_ar_mtp', ['--mtp_window=-1', '--max_iters=0'], 'max_iters must be at least 1'),
     ('train_ar_mtp', ['--mtp_window=-3'], 'mtp_window must be 0 (AR), a window W > 0 or -1 (all)'),
     ('sample', ['--n=-5'], '--n and --batch_size must be at least 1, got -5'),    # was: all but the last 5
