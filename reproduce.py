@@ -43,7 +43,7 @@ DIFFUSION_MODELS = {'MDM': 'full', 'SIDM': 'independent', 'SCDM': 'semi_causal'}
 # The two commit orders; 'top_prob' picks the most confident of N_CANDIDATES random masked cells.
 N_CANDIDATES = 8
 ORDERS = {'random': dict(order='random'), 'top_prob': dict(order='top_prob', n_candidates=N_CANDIDATES)}
-SMOKE = dict(preset='tiny_test', n_train=500, n_val=16, n_test=32, max_iters=20, eval_interval=20, eval_n=8)
+SMOKE = dict(preset='tiny_test', n_train=500, n_val=16, n_test=32, batch_size=16, max_iters=20, eval_interval=20, eval_n=8)
 CPU_SUDOKU = dict(task_options=dict(size=6, givens=12), max_iters=800, eval_interval=800, eval_n=100)   # cpu, c2_long
 SCALES = {
     # diffusion: settings of the three sudoku models (C1, C2; None: none); ar: settings of the C3

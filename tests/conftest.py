@@ -42,7 +42,7 @@ def pytest_sessionfinish(session):
 
 @pytest.fixture(scope='session')
 def trained_semi_causal(tmp_path_factory):
-    """One tiny 4x4 semi-causal model (300 steps, ~4 s) shared by the tests that need a trained
+    """One tiny 4x4 semi-causal model (300 steps, 4 to 7 s) shared by the tests that need a trained
     checkpoint: the folder holding out/ckpt.pt (its final metrics are in the checkpoint)."""
     from train_mdlm import settings, train
     d = tmp_path_factory.mktemp('semi_causal')

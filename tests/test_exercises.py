@@ -45,6 +45,7 @@ def test_student_copy_then_solving_exercises(tmp_path):
     assert result['total'] == len(EXERCISES) and all(e['tests'] > 0 for e in result['exercises'].values())
 
 
+@pytest.mark.slow      # the exercise tests themselves run in the default run; this grades them in a subprocess
 def test_every_exercise_passes_in_the_full_repo():
     result = grade(os.getcwd())
     assert result['passed'] == result['total'] == len(EXERCISES), result

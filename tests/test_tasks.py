@@ -139,11 +139,11 @@ def test_countdown_heldout_targets_are_disjoint():
 @pytest.mark.parametrize('name,options', CONFIGS[::2])
 def test_splits_share_no_example(name, options, tmp_path):
     task = get_task(name, **options)
-    splits = load_splits(task, 60, 20, 20, seed=0, data_dir=str(tmp_path))
+    splits = load_splits(task, 30, 10, 10, seed=0, data_dir=str(tmp_path))
     keys = {k: {p or a for p, a in v} for k, v in splits.items()}
-    assert [len(keys[k]) for k in ('train', 'val', 'test')] == [60, 20, 20]
+    assert [len(keys[k]) for k in ('train', 'val', 'test')] == [30, 10, 10]
     assert not keys['train'] & keys['test'] and not keys['train'] & keys['val'] and not keys['val'] & keys['test']
-    assert load_splits(task, 60, 20, 20, seed=0, data_dir=str(tmp_path)) == splits   # the cache
+    assert load_splits(task, 30, 10, 10, seed=0, data_dir=str(tmp_path)) == splits   # the cache
 
 
 @pytest.mark.parametrize('name,options', CONFIGS)

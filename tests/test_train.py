@@ -54,7 +54,8 @@ def learned(metrics):
 
 
 def test_tiny_full_attention_model_learns_4x4_sudoku(tmp_path):
-    learned(train(tiny(tmp_path, attn='full', max_iters=200, eval_interval=200), quiet=True)[0])
+    # batch 64, not the preset's 32: at 32 one seed of three solved 11% of 64, close to the bar
+    learned(train(tiny(tmp_path, attn='full', max_iters=200, eval_interval=200, batch_size=64), quiet=True)[0])
 
 
 def test_tiny_semi_causal_model_learns_4x4_sudoku(trained_semi_causal):
