@@ -7,7 +7,7 @@ content-disjoint train/val/test splits cached on disk, and the command line.
     python data.py --task=zebra --show --n=1
     python data.py --bench                                        # examples generated per second
 """
-import csv, gzip, hashlib, io, json, math, os, sys, time, zipfile
+import csv, gzip, hashlib, io, json, math, os, re, sys, time, zipfile
 from collections import Counter
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -64,6 +64,8 @@ def read_examples(task, path, skip_bad=False, limit=None):
     if task.name.startswith('sudoku') and pcol:    # CSV with a header (PUZZLE_COLUMNS, SOLUTION_COLUMNS)
         reader = csv.DictReader(lines[1:], fieldnames=header)
         rows = ((i + 2, row[pcol] + (',' + row[scol] if scol and row.get(scol) else '')) for i, row in enumerate(reader))
+    elif task.name == 'sudoku' and is_grid_file(lines, task.n):   # a puzzle over n lines (Project Euler 96)
+        rows = sudoku_grids(lines, task.n)
     elif task.name == 'countdown' and ''.join(lines[:1]).lstrip().startswith('['):   # a JSON array, not jsonl
         try:
             items = json.loads(''.join(lines))
@@ -83,6 +85,40 @@ def read_examples(task, path, skip_bad=False, limit=None):
             if not skip_bad: raise TaskFormatError(msg) from None
             errors.append(msg)
     return (examples, errors) if skip_bad else examples
+
+GRID_TITLE = re.compile(r'(grid|puzzle|sudoku)\b', re.IGNORECASE)     # 'Grid 01' (Project Euler 96)
+
+
+def is_grid_file(lines, n):
+    """Whether a Sudoku file writes each puzzle over n lines of n cells: its first line that is
+    not blank, a '#' comment or a title such as 'Grid 01' is n cells long."""
+    content = (l for l in lines if l.strip() and not l.lstrip().startswith('#') and not GRID_TITLE.match(l.strip()))
+    return len(''.join(next(content, '').split())) == n
+
+
+def sudoku_grids(lines, n):
+    """(line number, puzzle as one line) for puzzles written as n rows of n cells (spaces between
+    cells allowed), such as Project Euler 96's sudoku.txt: a 'Grid 01' line, then 9 rows. A title,
+    a blank or '#' line, or a full grid ends a puzzle. Any other line of another length, and a
+    puzzle cut short, are passed on as they are, for parse_line to report: nothing is skipped
+    unannounced."""
+    block, start = [], None
+    for i, line in enumerate(lines, 1):
+        row = ''.join(line.split())
+        if not row or row.startswith('#') or GRID_TITLE.match(line.strip()):
+            if block: yield start, ''.join(block)
+            block = []
+        elif len(row) != n:                     # the puzzle it was part of is not read either
+            yield i, row
+            block = []
+        else:
+            start = i if not block else start
+            block.append(row)
+            if len(block) == n:
+                yield start, ''.join(block)
+                block = []
+    if block: yield start, ''.join(block)
+
 
 def write_examples(task, path, examples):
     tmp = f'{path}.tmp'

@@ -174,6 +174,39 @@ def test_sudoku_standard_formats(tmp_path):
         assert read_examples(task, str(csv_path)) == [(problem, answer if ',' in header else None)], header
 
 
+def test_sudoku_grids_written_over_several_lines(tmp_path):
+    """Project Euler 96's sudoku.txt ('Grid 01', then 9 rows of 9 digits, '0' blank) and grids
+    with spaces between cells and blank lines between grids read as the one-line format does; a
+    row of another length or a grid cut short names its line, and --skip_bad goes on after it."""
+    task = get_task('sudoku', size=9)
+    puzzles = [p for p, _ in generate(task, 3, seed=0, workers=1)]
+    rows = lambda p, sep='': [sep.join(p[r * 9:r * 9 + 9]) for r in range(9)]
+    euler = [line for i, p in enumerate(puzzles) for line in [f'Grid {i + 1:02d}', *rows(p.replace('.', '0'))]]
+    path = tmp_path / 'sudoku.txt'
+    path.write_text('\n'.join(euler) + '\n')
+    assert read_examples(task, str(path)) == [(p, None) for p in puzzles]
+    assert read_examples(task, str(path), limit=1) == [(puzzles[0], None)]
+    path.write_text('\n\n'.join('\n'.join(rows(p, ' ')) for p in puzzles))
+    assert read_examples(task, str(path)) == [(p, None) for p in puzzles]
+    whole, euler[14] = euler[14], euler[14][:4]     # grid 2's fourth row (line 15) loses 5 cells
+    path.write_text('\n'.join(euler) + '\n')
+    with pytest.raises(TaskFormatError, match=r'sudoku.txt:15: expected 81 cells for a 9x9 sudoku, got 4'):
+        read_examples(task, str(path))
+    examples, errors = read_examples(task, str(path), skip_bad=True)
+    assert examples == [(puzzles[0], None), (puzzles[2], None)]            # grid 2 is not read at all
+    assert errors[0].endswith(':15: expected 81 cells for a 9x9 sudoku, got 4') and ':16: ' in errors[1]
+    euler[14] = whole
+    path.write_text('\n'.join(euler[:11] + ['see the next grid'] + euler[11:]) + '\n')   # text, not a title
+    with pytest.raises(TaskFormatError, match=r'sudoku.txt:12: expected 81 cells'):
+        read_examples(task, str(path))
+    path.write_text(f'x{puzzles[0][1:]}\n')        # a one-line file starting with a letter is no title
+    with pytest.raises(TaskFormatError, match=r'sudoku.txt:1: characters outside the alphabet'):
+        read_examples(task, str(path))
+    path.write_text('\n'.join(euler[:25]) + '\n')     # grid 3 cut short after 4 rows: it begins on line 22
+    with pytest.raises(TaskFormatError, match=r'sudoku.txt:22: expected 81 cells for a 9x9 sudoku, got 36'):
+        read_examples(task, str(path))
+
+
 def test_compressed_files_read_as_the_plain_file_and_binary_ones_are_refused(tmp_path):
     """Public puzzle sets ship as .gz or as a zip of one CSV; the first bytes say which."""
     task = get_task('sudoku', size=9)
