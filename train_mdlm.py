@@ -84,7 +84,7 @@ TASK_OPTIONS = sorted({p for name in TASKS for p in task_options(name)})
 SYSTEM_SETTINGS = ('out_dir', 'resume', 'device', 'compile', 'eval_interval', 'eval_iters', 'eval_n')
 
 
-def changed_settings(saved, cfg):
+def changed_since_checkpoint(saved, cfg):
     """'key: saved -> now' for every training setting of cfg that differs from a checkpoint's
     saved train_config (empty string when none does). A setting added after the checkpoint was
     written counts as its default, which is what the checkpoint was trained with."""
@@ -280,7 +280,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
         if ckpt['model_config'] != dataclasses.asdict(model_cfg) or ckpt['task_config'] != task.config():
             raise SystemExit(f'error: {ckpt_path} was trained with another model or task; '
                              'use a fresh --out_dir or the same settings')
-        changed = changed_settings(ckpt['train_config'], cfg)
+        changed = changed_since_checkpoint(ckpt['train_config'], cfg)
         if changed and same_settings:       # reproduce.py: never continue (or only evaluate) an old recipe
             raise SystemExit(f'error: {ckpt_path} was trained with other settings ({changed}); '
                              'delete it or choose another out_dir')

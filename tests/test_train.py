@@ -114,15 +114,15 @@ def test_help_lists_every_setting_with_its_value_and_comment(tmp_path, monkeypat
 
 
 def test_resume_names_the_settings_that_changed(tmp_path, capsys):
-    from train_mdlm import changed_settings
+    from train_mdlm import changed_since_checkpoint
     first = tiny(tmp_path, max_iters=5, eval_interval=5, eval_n=4)
     train(first, quiet=True)
     saved = load_checkpoint(f'{tmp_path}/out/ckpt.pt')[1]['train_config']
-    assert changed_settings(saved, dataclasses.replace(first, resume=True, eval_n=99)) == ''   # system settings
+    assert changed_since_checkpoint(saved, dataclasses.replace(first, resume=True, eval_n=99)) == ''   # system settings
     older = {k: v for k, v in saved.items() if k != 'init_seed'}        # written before init_seed existed
-    assert changed_settings(older, first) == '' and changed_settings(older, dataclasses.replace(first, init_seed=2)) == 'init_seed: -1 -> 2'
+    assert changed_since_checkpoint(older, first) == '' and changed_since_checkpoint(older, dataclasses.replace(first, init_seed=2)) == 'init_seed: -1 -> 2'
     again = dataclasses.replace(first, max_iters=6, learning_rate=1e-4, resume=True)
-    assert changed_settings(saved, again) == 'max_iters: 5 -> 6, learning_rate: 0.003 -> 0.0001'
+    assert changed_since_checkpoint(saved, again) == 'max_iters: 5 -> 6, learning_rate: 0.003 -> 0.0001'
     train(again)
     assert 'with changed settings: max_iters: 5 -> 6, learning_rate: 0.003 -> 0.0001' in capsys.readouterr().out
 
