@@ -27,7 +27,7 @@ model must be right about whatever cell it is handed. 'top_prob' decodes the mos
 8 random candidate cells (the same rule for MDM, SIDM and the semi-causal model): on small grids
 it lets even an independent model steer around the hard cells, so it flatters SIDM.
 """
-import dataclasses, json, math, os, platform, sys, time
+import dataclasses, json, math, os, platform, statistics, sys, time
 import torch
 from sample import DECODERS, checkpoint_examples, decoder_value_ok, evaluate
 from train_ar_mtp import ARConfig, objective
@@ -247,30 +247,36 @@ def sweep_threshold(model, ckpt, taus, n_test, prefix, device):
     return rows
 
 
-def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 4, 8, -1)):
-    """Cached vs uncached decoding of one checkpoint, in one run: ratios, not times (each the
-    faster of two runs).
+def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 4, 8, -1), rounds=3):
+    """Cached vs uncached decoding of one checkpoint, in one run: ratios, not times. The rows take
+    turns for `rounds` rounds; a row's time is its median, its ratio the median over rounds of
+    its time over the first row's in the same round (a machine's speed drifts between rounds).
     AR / AR+MTP: use_cache on and off (exact). Latent sampler: k = 0 and k = all, each with the
     clean-position cache off (r = 0) and refreshed every r passes (-1: never; a
     semi_causal_ordered checkpoint's cache is exact and never refreshed, whatever r); times are
-    given against uncached k = all."""
+    given against uncached k = all. MDM (and SIDM): the cache off and refreshed every r passes."""
     task, examples = checkpoint_examples(ckpt, 'test', n)
+    never = lambda r: 'never' if r == -1 else r
     if ckpt['decoder']['method'] == 'latent':
-        runs = {f'k={k} r={"never" if r == -1 else r}': dict(n_latent=k, cache_refresh=r)
-                for k in ('all', 0) for r in refreshes}
+        runs = {f'k={k} r={never(r)}': dict(n_latent=k, cache_refresh=r) for k in ('all', 0) for r in refreshes}
+    elif ckpt['decoder']['method'] == 'mdm':
+        runs = {f'r={never(r)}': dict(cache_refresh=r) for r in refreshes}
     else:
         runs = {'uncached': dict(use_cache=False), 'cached': dict(use_cache=True)}
-    results = {}
-    for name, settings in runs.items():       # the faster of two runs: a first run is often slower
-        dec = dict(ckpt['decoder'], **settings)
-        results[name] = min((evaluate(model, task, examples, ckpt['attn'], dec, device=device) for _ in range(2)),
-                            key=lambda r: r['seconds'])
+    results, seconds = {}, {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, settings in runs.items():
+            results[name] = evaluate(model, task, examples, ckpt['attn'], dict(ckpt['decoder'], **settings),
+                                     device=device)
+            seconds[name].append(results[name]['seconds'])
     base = next(iter(results))
     for name, r in results.items():
+        r['seconds'] = statistics.median(seconds[name]); r['seconds_per_sample'] = r['seconds'] / r['n']
+        r['time_ratio'] = statistics.median(a / b for a, b in zip(seconds[name], seconds[base]))
         print(f'{name:12s} accuracy {r["accuracy"]:6.1%}  {1000 * r["seconds_per_sample"]:7.2f} ms/puzzle  '
               f'{r["nfe_per_sample"]:5.1f} passes  {r["positions_per_sample"]:6.0f} positions/puzzle  '
-              f'time {r["seconds"] / results[base]["seconds"]:.2f}x of {base}')
-    print(json.dumps({k: {c: r[c] for c in ('accuracy', 'seconds', 'nfe_per_sample', 'positions_per_sample')}
+              f'time {r["time_ratio"]:.2f}x of {base}')
+    print(json.dumps({k: {c: r[c] for c in ('accuracy', 'seconds', 'time_ratio', 'nfe_per_sample', 'positions_per_sample')}
                       for k, r in results.items()}))
     return results
 

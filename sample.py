@@ -92,23 +92,48 @@ def commit_rule(probs, candidates, order, tokens_per_step, threshold, gen):
 
 @torch.no_grad()
 def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_candidates=0, threshold=0.0,
-               temperature=0.0, gen=None):
+               temperature=0.0, cache_refresh=0, gen=None):
     """Plain masked-diffusion decoding: every pass sees all positions (full, independent or
     masked_full attention). Candidates are all masked positions (or `n_candidates` random ones,
     to match the latent sampler's confidence rule); commit the `tokens_per_step` best by `order`
-    (and, with a threshold, every candidate at least that confident). Returns x and per-row stats."""
+    (and, with a threshold, every candidate at least that confident). Returns x and per-row stats.
+
+    cache_refresh=r (Fast-dLLM's approximate cache for MDMs): a pass that runs every position
+    (every r-th pass; -1: the first only) keeps the keys/values of the positions clean in it; the
+    passes in between run only the other positions (masked, or committed since) against those
+    kept keys/values, which miss what changed since they were computed: the cells committed
+    since and, under full attention, where clean cells see masked ones, every masked cell's
+    state. 0 = no cache. r = 1 is the uncached decoder exactly: every pass runs everything."""
     x = x.clone()
     B, T = x.shape
     nfe = torch.zeros(B, device=x.device); positions = torch.zeros(B, device=x.device)
+    cache, kept, n_pass = None, None, 0     # kept [B, T]: clean positions whose keys/values are kept
     while True:
         masked = x == MASK
         active = masked.any(1)
         if not active.any(): break
-        logits, _ = model(x, attn_mask=attention_mask(attn, masked))
+        if cache_refresh == 0 or n_pass == 0 or (cache_refresh > 0 and n_pass % cache_refresh == 0):
+            cache = KVCache(model.cfg.n_layer) if cache_refresh != 0 else None
+            logits, _ = model(x, attn_mask=attention_mask(attn, masked), cache=cache)
+            if cache is not None:            # masked positions' keys/values are kept too, never seen
+                cache.commit(T); kept = ~masked   # (dropping them measured no faster on 9x9)
+            ran = torch.full((B,), T, device=x.device)
+        else:   # the positions not kept, in order, padded; they see the kept keys and each other
+            idx = kept.to(torch.int8).argsort(dim=1, stable=True)[:, :int((~kept).sum(1).max())]
+            valid = ~torch.gather(kept, 1, idx)
+            sub_mask = attention_mask(attn, torch.gather(masked, 1, idx) & valid)
+            sub_mask = valid[:, None, :] if sub_mask is None else sub_mask & valid[:, None, :]
+            sub_mask = sub_mask | torch.eye(idx.shape[1], dtype=torch.bool, device=x.device)   # padding: no NaN
+            attn_mask = torch.cat([kept[:, None, :].expand(-1, idx.shape[1], -1), sub_mask], 2)
+            sub_logits, _ = model(torch.gather(x, 1, idx), pos=idx, attn_mask=attn_mask, cache=cache)
+            logits = sub_logits.new_zeros(B, T, sub_logits.shape[-1]).scatter_(   # kept rows: never candidates
+                1, idx[..., None].expand(-1, -1, sub_logits.shape[-1]), sub_logits)
+            ran = valid.sum(1)
+        n_pass += 1
         token, probs = choose_tokens(logits, temperature, gen)
         candidates = random_subset(masked, n_candidates, gen)
         x = torch.where(commit_rule(probs, candidates, order, tokens_per_step, threshold, gen), token, x)
-        nfe += active; positions += active * T
+        nfe += active; positions += active * ran
     return x, dict(nfe=nfe, positions=positions)
 
 
@@ -279,7 +304,8 @@ def decode_ar_mtp(model, x, attn='prefix', window=-1, temperature=0.0, use_cache
 ATTN_METHOD = {'full': 'mdm', 'independent': 'mdm', 'masked_full': 'mdm', 'semi_causal': 'latent',
                'semi_causal_ordered': 'latent', 'causal': 'ar', 'prefix': 'ar_mtp', 'causal_prefix': 'ar_mtp'}
 DECODERS = {
-    'mdm': (decode_mdm, dict(order='top_prob', tokens_per_step=1, n_candidates=0, threshold=0.0, temperature=0.0)),
+    'mdm': (decode_mdm, dict(order='top_prob', tokens_per_step=1, n_candidates=0, threshold=0.0, temperature=0.0,
+                             cache_refresh=0)),
     'latent': (decode_latent, dict(n_latent='all', order='top_prob', tokens_per_step=1, n_candidates=8,
                                    threshold=0.0, temperature=0.0, cache_refresh=0)),
     'ar': (decode_ar, dict(temperature=0.0, use_cache=True)),
@@ -353,7 +379,7 @@ class SampleConfig:
     temperature: float = None        # 0 = greedy
     window: int = None               # ar_mtp: latent window (-1 = all)
     use_cache: bool = None           # ar / ar_mtp with a causal prefix
-    cache_refresh: int = None        # latent: keep clean keys/values, recomputed every r passes (0 = off, -1 = never)
+    cache_refresh: int = None        # mdm, latent: keep clean keys/values, recomputed every r passes (0 = off, -1 = never)
     batch_size: int = 256            # examples decoded together
     device: str = 'auto'             # auto | cpu | cuda | mps
     dtype: str = 'float32'           # float32 | bfloat16 | float16 | auto (bf16 where supported): autocast while decoding

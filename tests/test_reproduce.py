@@ -62,11 +62,25 @@ def test_every_scale_builds_valid_settings():
 def test_cache_benchmark_of_a_latent_checkpoint(trained_semi_causal):
     from reproduce import bench_cache
     model, ckpt = load_checkpoint(f'{trained_semi_causal}/out/ckpt.pt')
-    results = bench_cache(model, ckpt, 16, 'cpu', refreshes=(0, 1, 4))
+    results = bench_cache(model, ckpt, 16, 'cpu', refreshes=(0, 1, 4), rounds=1)
     assert list(results) == ['k=all r=0', 'k=all r=1', 'k=all r=4', 'k=0 r=0', 'k=0 r=1', 'k=0 r=4']
     for k in ('all', '0'):                      # r=1 is the uncached sampler; r=4 runs fewer positions
         assert results[f'k={k} r=1']['accuracy'] == results[f'k={k} r=0']['accuracy']
         assert results[f'k={k} r=4']['positions_per_sample'] < results[f'k={k} r=0']['positions_per_sample']
+
+
+def test_cache_benchmark_of_an_mdm_checkpoint(tmp_path):
+    """(It crashed before MDM decoding had a cache: the AR rows' use_cache went to decode_mdm.)"""
+    from reproduce import bench_cache
+    from train_mdlm import settings, train
+    cfg, _ = settings(['presets/tiny_test.json', f'--out_dir={tmp_path}/out', f'--data_dir={tmp_path}/data',
+                       '--attn=full', '--max_iters=20', '--eval_interval=20', '--eval_n=8'])
+    model, ckpt = load_checkpoint(train(cfg, quiet=True)[1])
+    results = bench_cache(model, ckpt, 16, 'cpu', refreshes=(0, 1, 4), rounds=1)
+    assert list(results) == ['r=0', 'r=1', 'r=4']
+    assert results['r=1']['accuracy'] == results['r=0']['accuracy']
+    assert results['r=1']['positions_per_sample'] == results['r=0']['positions_per_sample']
+    assert results['r=4']['positions_per_sample'] < results['r=0']['positions_per_sample']
 
 
 def test_a_scale_without_diffusion_models_runs_c3_only_and_keeps_finished_seeds(tmp_path, monkeypatch):

@@ -378,3 +378,32 @@ def test_ordered_variant_cache_is_exact_at_any_refresh_and_each_clean_position_r
         front = 1 if order == 'random' else 8
         runs = sum((n_masked - p).clamp(0, front) for p in range(int(n_masked.max())))   # D or C per pass
         assert torch.equal(s1['positions'], (n_clean + n_masked - 1 + runs).float())
+
+
+def decode_mdm_both(model, x, order, r, attn='full'):
+    run = lambda cache_refresh: decode_mdm(model, x, attn, order=order, cache_refresh=cache_refresh,
+                                           gen=torch.Generator().manual_seed(0))
+    return run(0), run(r)
+
+
+@pytest.mark.parametrize('attn,order', [('full', 'top_prob'), ('full', 'random'), ('independent', 'top_prob')])
+def test_mdm_cache_refreshed_every_pass_is_the_uncached_decoder(attn, order):
+    (plain, s0), (cached, s1) = decode_mdm_both(tiny_model(n_layer=2, sharp=True), puzzles(16)[1], order, 1, attn)
+    assert torch.equal(plain, cached) and torch.equal(s0['positions'], s1['positions'])
+
+
+@pytest.mark.parametrize('attn,order', [('full', 'top_prob'), ('full', 'random'), ('independent', 'top_prob')])
+def test_mdm_cache_is_exact_for_one_layer_stale_beyond_and_runs_fewer_positions(attn, order):
+    """As for the latent sampler: one layer's keys/values come from the embeddings alone, so any
+    refresh interval gives the uncached answer; with two layers (full attention: clean cells
+    also see the masked ones) a cache never refreshed goes stale, and the check catches it."""
+    x = puzzles(16)[1]
+    for r in (2, 4, -1):
+        (plain, s0), (cached, s1) = decode_mdm_both(tiny_model(n_layer=1, sharp=True), x, order, r, attn)
+        assert torch.equal(plain, cached) and torch.equal(s0['nfe'], s1['nfe'])
+        assert (s1['positions'] < s0['positions']).all()
+        if r == -1:   # one pass of all T, then m - 1 passes of the m - p masked left + the p committed since
+            m = (x == MASK).sum(1)
+            assert torch.equal(s1['positions'], (x.shape[1] + (m - 1) * m).float())
+    (plain, _), (cached, _) = decode_mdm_both(tiny_model(n_layer=2, sharp=True), x, order, -1, attn)
+    assert not torch.equal(plain, cached)
