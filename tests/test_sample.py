@@ -183,6 +183,8 @@ def test_decoder_defaults_to_the_checkpoint_and_rejects_settings_that_do_not_app
     mdm = dict(attn='full', decoder=default_decoder('full'))
     with pytest.raises(SystemExit, match='--n_latent does not apply'):
         decoder_for(mdm, SampleConfig(n_latent=4))
+    before_mdm_cache = dict(mdm, decoder={k: v for k, v in mdm['decoder'].items() if k != 'cache_refresh'})
+    assert decoder_for(before_mdm_cache, SampleConfig(cache_refresh=4))['cache_refresh'] == 4   # an older checkpoint
     ar = dict(attn='causal', decoder=default_decoder('causal'))
     with pytest.raises(SystemExit, match='--window does not apply'):
         decoder_for(ar, SampleConfig(window=3))
