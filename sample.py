@@ -92,7 +92,7 @@ def commit_rule(probs, candidates, order, tokens_per_step, threshold, gen):
 
 @torch.no_grad()
 def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_candidates=0, threshold=0.0,
-               temperature=0.0, cache_refresh=0, gen=None):
+               temperature=0.0, cache_refresh=0, gen=None, trace=None):
     """Plain masked-diffusion decoding: every pass sees all positions (full, independent or
     masked_full attention). Candidates are all masked positions (or `n_candidates` random ones,
     to match the latent sampler's confidence rule); commit the `tokens_per_step` best by `order`
@@ -132,7 +132,12 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
         n_pass += 1
         token, probs = choose_tokens(logits, temperature, gen)
         candidates = random_subset(masked, n_candidates, gen)
-        x = torch.where(commit_rule(probs, candidates, order, tokens_per_step, threshold, gen), token, x)
+        commit = commit_rule(probs, candidates, order, tokens_per_step, threshold, gen)
+        if trace is not None:       # for --show: every other masked cell is a latent token, if it is seen
+            seen = attn != 'independent'
+            trace.append(dict(latent=(masked & ~commit)[0] & seen, commit=commit[0].clone(), x=x[0].clone(),
+                              guess=token[0].clone()))
+        x = torch.where(commit, token, x)
         nfe += active; positions += active * ran
     return x, dict(nfe=nfe, positions=positions)
 
@@ -440,10 +445,12 @@ def show(model, task, problem, attn, decoder, device):
     """Print one example being decoded step by step, with what the latent positions guess in each
     pass (a guess is never committed: the position is decoded later, maybe to another value).
     Latent sampler: '*' latent cells, '.' other masked cells, each guess beside its final value.
+    MDM: the same drawing, every other masked cell a latent (k = all at every step); SIDM's
+    masked cells see no other masked cell, so it has none.
     AR+MTP: the answer so far, the token this step writes in [brackets], then the guesses of the
     latent positions after it (the rest of its window)."""
-    if decoder['method'] not in ('latent', 'ar_mtp'):
-        raise SystemExit('error: --show draws latent tokens: use a semi_causal or an AR+MTP checkpoint')
+    if decoder['method'] not in ('latent', 'mdm', 'ar_mtp'):
+        raise SystemExit('error: --show draws latent tokens: use a diffusion or an AR+MTP checkpoint')
     settings = {k: v for k, v in decoder.items() if k != 'method'}
     x, trace = torch.from_numpy(task.encode(problem)[0])[None].to(device), []
     if decoder['method'] == 'ar_mtp':
@@ -455,7 +462,8 @@ def show(model, task, problem, attn, decoder, device):
             print(f'step {step + 1}: {words(out[0, task.prompt_len + 1:p])} [{words(out[0, p:p + 1])}] '
                   f'{words(t["guess"])}'.replace('  ', ' ').rstrip())
     else:
-        out, _ = decode_latent(model, x, attn, trace=trace, gen=torch.Generator(device=device).manual_seed(0), **settings)
+        decode = decode_latent if decoder['method'] == 'latent' else decode_mdm
+        out, _ = decode(model, x, attn, trace=trace, gen=torch.Generator(device=device).manual_seed(0), **settings)
         start = task.prompt_len + 1
         for step, t in enumerate(trace):
             now = t['x'].clone(); now[t['commit']] = out[0][t['commit']]

@@ -148,6 +148,23 @@ def test_show_draws_every_step_with_its_latents_and_their_guesses(trained_semi_c
     assert out.strip().endswith(('verifies: ' if TASK.verify(problem, answer) else 'is WRONG: ') + answer)
 
 
+@pytest.mark.parametrize('attn', ['full', 'independent'])
+def test_show_draws_mdm_decoding_with_every_other_masked_cell_as_a_latent(capsys, attn):
+    """MDM (k = all at every step): each step decodes one cell and every other masked cell is a
+    latent with its guess; SIDM's masked cells see no other masked cell: no latents, no guesses."""
+    (problem, _), = generate(TASK, 1, seed=3, workers=1)
+    sample.show(tiny_model(), TASK, problem, attn, dict(sample.DECODERS['mdm'][1], method='mdm'), 'cpu')
+    out = capsys.readouterr().out                       # (an untrained model: any token may come out)
+    steps = re.findall(r'^step \d+: decode cell (\d+) = (\S+); (\d+) latent tokens \(\*\), (\d+) other', out, re.M)
+    holes = [i for i, c in enumerate(problem) if c == '.']
+    assert sorted(int(c) for c, _, _, _ in steps) == holes
+    left = [len(holes) - 1 - i for i in range(len(holes))]             # masked cells besides the decoded one
+    latents = left if attn == 'full' else [0] * len(holes)
+    assert [(int(k), int(o)) for _, _, k, o in steps] == [(k, n - k) for k, n in zip(latents, left)]
+    guesses = re.findall(r'^latent guesses \(cell:guess/final\): (.*)$', out, re.M)
+    assert [len(g.split()) for g in guesses] == [k for k in latents if k > 0]
+
+
 def run(*args):
     return subprocess.run([sys.executable, 'sample.py', *args], capture_output=True, text=True)
 
