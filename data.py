@@ -89,23 +89,28 @@ def read_examples(task, path, skip_bad=False, limit=None):
 GRID_TITLE = re.compile(r'(grid|puzzle|sudoku)\b', re.IGNORECASE)     # 'Grid 01' (Project Euler 96)
 
 
+def grid_row(line):
+    """A line of a grid file as its cells (spaces dropped), or None for a line between puzzles:
+    blank, a '#' comment, or a title such as 'Grid 01'."""
+    row = ''.join(line.split())
+    return None if not row or row.startswith('#') or GRID_TITLE.match(line.strip()) else row
+
+
 def is_grid_file(lines, n):
-    """Whether a Sudoku file writes each puzzle over n lines of n cells: its first line that is
-    not blank, a '#' comment or a title such as 'Grid 01' is n cells long."""
-    content = (l for l in lines if l.strip() and not l.lstrip().startswith('#') and not GRID_TITLE.match(l.strip()))
-    return len(''.join(next(content, '').split())) == n
+    """Whether a Sudoku file writes each puzzle over n lines of n cells: its first row is n cells."""
+    return len(next((row for row in map(grid_row, lines) if row is not None), '')) == n
 
 
 def sudoku_grids(lines, n):
     """(line number, puzzle as one line) for puzzles written as n rows of n cells (spaces between
-    cells allowed), such as Project Euler 96's sudoku.txt: a 'Grid 01' line, then 9 rows. A title,
-    a blank or '#' line, or a full grid ends a puzzle. Any other line of another length, and a
-    puzzle cut short, are passed on as they are, for parse_line to report: nothing is skipped
+    cells allowed), such as Project Euler 96's sudoku.txt: a 'Grid 01' line, then 9 rows. A line
+    between puzzles or a full grid ends a puzzle. Any other line of another length, and a puzzle
+    cut short, are passed on as they are, for parse_line to report: nothing is skipped
     unannounced."""
     block, start = [], None
     for i, line in enumerate(lines, 1):
-        row = ''.join(line.split())
-        if not row or row.startswith('#') or GRID_TITLE.match(line.strip()):
+        row = grid_row(line)
+        if row is None:
             if block: yield start, ''.join(block)
             block = []
         elif len(row) != n:                     # the puzzle it was part of is not read either

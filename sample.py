@@ -79,6 +79,25 @@ def random_subset(allowed, m, gen):
     return pick_top(torch.rand(allowed.shape, generator=gen, device=allowed.device), allowed, m)
 
 
+def refresh_due(cache_refresh, n_pass):
+    """Does pass n_pass run every position and keep fresh keys/values? (--cache_refresh=r: 0 =
+    no cache, so every pass; r > 0: every r-th pass; -1: the first pass only.)"""
+    return cache_refresh == 0 or n_pass == 0 or (cache_refresh > 0 and n_pass % cache_refresh == 0)
+
+
+def trimmed_mask(mask, valid, kept=None):
+    """The attention mask of a pass run on some positions, padded per row (valid [B, T'] False
+    on padding): `mask` over them (None: all see all), no query seeing padding, every query seeing
+    itself (a padding query may see nothing at all, and attention over no key gives NaN; padding
+    outputs are never used), and, with a cache, the kept keys first (kept [B, K]: True where a
+    kept key may be seen; clean positions, which every query sees)."""
+    mask = valid[:, None, :] if mask is None else mask & valid[:, None, :]
+    mask = mask | torch.eye(valid.shape[1], dtype=torch.bool, device=valid.device)
+    if kept is not None:
+        mask = torch.cat([kept[:, None, :].expand(-1, valid.shape[1], -1), mask], 2)
+    return mask
+
+
 def commit_rule(probs, candidates, order, tokens_per_step, threshold, gen):
     """Which candidates to commit this pass: the `tokens_per_step` best by `order`, plus, with a
     threshold, every candidate whose top probability is at least it (Fast-dLLM's rule)."""
@@ -112,7 +131,7 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
         masked = x == MASK
         active = masked.any(1)
         if not active.any(): break
-        if cache_refresh == 0 or n_pass == 0 or (cache_refresh > 0 and n_pass % cache_refresh == 0):
+        if refresh_due(cache_refresh, n_pass):
             cache = KVCache(model.cfg.n_layer) if cache_refresh != 0 else None
             logits, _ = model(x, attn_mask=attention_mask(attn, masked), cache=cache)
             if cache is not None:            # masked positions' keys/values are kept too, never seen
@@ -121,10 +140,7 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
         else:   # the positions not kept, in order, padded; they see the kept keys and each other
             idx = kept.to(torch.int8).argsort(dim=1, stable=True)[:, :int((~kept).sum(1).max())]
             valid = ~torch.gather(kept, 1, idx)
-            sub_mask = attention_mask(attn, torch.gather(masked, 1, idx) & valid)
-            sub_mask = valid[:, None, :] if sub_mask is None else sub_mask & valid[:, None, :]
-            sub_mask = sub_mask | torch.eye(idx.shape[1], dtype=torch.bool, device=x.device)   # padding: no NaN
-            attn_mask = torch.cat([kept[:, None, :].expand(-1, idx.shape[1], -1), sub_mask], 2)
+            attn_mask = trimmed_mask(attention_mask(attn, torch.gather(masked, 1, idx) & valid), valid, kept)
             sub_logits, _ = model(torch.gather(x, 1, idx), pos=idx, attn_mask=attn_mask, cache=cache)
             logits = sub_logits.new_zeros(B, T, sub_logits.shape[-1]).scatter_(   # kept rows: never candidates
                 1, idx[..., None].expand(-1, -1, sub_logits.shape[-1]), sub_logits)
@@ -133,9 +149,10 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
         token, probs = choose_tokens(logits, temperature, gen)
         candidates = random_subset(masked, n_candidates, gen)
         commit = commit_rule(probs, candidates, order, tokens_per_step, threshold, gen)
-        if trace is not None:       # for --show: every other masked cell is a latent token, if it is seen
-            seen = attn != 'independent'
-            trace.append(dict(latent=(masked & ~commit)[0] & seen, commit=commit[0].clone(), x=x[0].clone(),
+        if trace is not None:       # for --show: the latent tokens are the masked cells the decoded ones see
+            sees = attention_mask(attn, masked[:1])
+            seen = masked[0] if sees is None else sees[0][commit[0]].any(0)
+            trace.append(dict(latent=masked[0] & ~commit[0] & seen, commit=commit[0].clone(), x=x[0].clone(),
                               guess=token[0].clone()))
         x = torch.where(commit, token, x)
         nfe += active; positions += active * ran
@@ -189,8 +206,7 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
         k = (remaining - n_front).clamp(min=0) if k_all else torch.full_like(remaining, int(n_latent))
         front = masked & (slot < n_front)
         latent = masked & (slot >= n_front) & (slot < n_front + k[:, None])
-        refresh = cache_refresh != 0 and (n_pass == 0 or (cache_refresh > 0 and not ordered
-                                                          and n_pass % cache_refresh == 0))
+        refresh = cache_refresh != 0 and (n_pass == 0 or (not ordered and refresh_due(cache_refresh, n_pass)))
         reuse = cache_refresh != 0 and not refresh
         clean = ~masked & ~cached if reuse else ~masked           # the clean positions this pass runs
         # EXERCISE 3: trim the pass to clean + L + D. idx [B, T'] the kept positions of each row,
@@ -206,13 +222,9 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
         if ordered:                   # clean positions ranked by when they were decoded
             rank = torch.where(masked, rank, decoded_rank)
         rank_sub = torch.gather(rank, 1, idx)
-        attn_mask = attention_mask(attn, masked_sub, rank_sub) & valid[:, None, :]
-        # a padding query may see nothing at all, and attention over no key gives NaN: let every
-        # query see itself (padding outputs are never used; real queries already see themselves)
-        attn_mask |= torch.eye(idx.shape[1], dtype=torch.bool, device=dev)
-        if reuse:                     # every query also sees the kept clean keys (clean sees clean)
-            attn_mask = torch.cat([cached_valid[:, None, :].expand(-1, idx.shape[1], -1), attn_mask], 2)
-        elif refresh:
+        # with reuse every query also sees the kept clean keys (clean sees clean)
+        attn_mask = trimmed_mask(attention_mask(attn, masked_sub, rank_sub), valid, cached_valid if reuse else None)
+        if refresh:
             cache = KVCache(model.cfg.n_layer)
         logits, _ = model(x_sub, pos=idx, attn_mask=attn_mask, cache=cache)
         if refresh or (reuse and ordered):   # keep the keys/values of the clean positions run (first in idx)
