@@ -246,7 +246,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
     quiet = quiet or rank != 0
     task = get_task(cfg.task, **cfg.task_options)
     try:
-        splits = load_splits(task, cfg.n_train, cfg.n_val, cfg.n_test, cfg.data_seed, cfg.data_dir)
+        splits = load_splits(task, cfg.n_train, cfg.n_val, cfg.n_test, cfg.data_seed, cfg.data_dir, progress=not quiet)
     except ValueError as e:                    # e.g. too few givens to make unique puzzles
         raise SystemExit(f'error: {e}')
     ids, answer_mask = (torch.from_numpy(a).to(device) for a in task.encode_batch(splits['train']))

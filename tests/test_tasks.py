@@ -32,6 +32,16 @@ def corrupt(task, problem, answer, rng):
     return ','.join(path)
 
 
+def test_generation_is_the_same_on_any_number_of_workers(capsys):
+    """Chunk k has its own seed and the pool returns chunks in order: two processes (with the
+    progress bar on) give the examples one process gives, in the same order."""
+    task = get_task('sudoku', size=4, givens=6)
+    one = generate(task, 20, seed=3, workers=1, chunk_size=4)
+    assert generate(task, 20, seed=3, workers=2, chunk_size=4, progress=True) == one
+    assert 'generating 20 sudoku train examples' in capsys.readouterr().err
+    assert len(set(one)) > 1
+
+
 @pytest.mark.parametrize('name,options', CONFIGS)
 def test_generated_examples_verify_and_corruptions_fail(name, options):
     task = get_task(name, **options)
