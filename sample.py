@@ -206,7 +206,8 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
         k = (remaining - n_front).clamp(min=0) if k_all else torch.full_like(remaining, int(n_latent))
         front = masked & (slot < n_front)
         latent = masked & (slot >= n_front) & (slot < n_front + k[:, None])
-        refresh = cache_refresh != 0 and (n_pass == 0 or (not ordered and refresh_due(cache_refresh, n_pass)))
+        # an ordered model's cache is exact: filled on the first pass, then only appended to (r = -1)
+        refresh = cache_refresh != 0 and refresh_due(-1 if ordered else cache_refresh, n_pass)
         reuse = cache_refresh != 0 and not refresh
         clean = ~masked & ~cached if reuse else ~masked           # the clean positions this pass runs
         # EXERCISE 3: trim the pass to clean + L + D. idx [B, T'] the kept positions of each row,
