@@ -166,7 +166,8 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
       order='random' (the paper's uniform order): D = tokens_per_step random masked positions,
                   L = n_latent others at random;
       order='top_prob' (or margin, entropy): L = n_latent random masked positions, candidates C =
-                  n_candidates others; every candidate sees clean + L, and D = the best of C.
+                  n_candidates others (0: all the others, at least one; then n_latent must be a
+                  count); every candidate sees clean + L, and D = the best of C.
                   (In the authors' code candidate i also sees the candidates before it; here
                   every candidate sees exactly the same k latents, so they are compared fairly.)
     The pass runs on clean + L + D (or C) *only*: the other masked positions are dropped, which
@@ -187,6 +188,11 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
     clean positions it ran to the cache, never recomputes them, and the cache is exact."""
     if order == 'random' and threshold > 0:
         raise ValueError(f'a threshold needs a confidence order ({", ".join(CONFIDENCE_ORDERS)}), not random')
+    k_all = n_latent in ('all', -1, None)
+    every_candidate = order != 'random' and n_candidates <= 0     # C = every masked position outside L
+    if every_candidate and k_all:
+        raise ValueError("n_candidates=0 makes every masked position outside the latents a candidate, so "
+                         "n_latent='all' would leave none to decode: give n_latent a count")
     x = x.clone()
     B, T = x.shape
     dev = x.device
@@ -201,11 +207,15 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
         if not active.any(): break
         # a random order of the masked positions: its first slots become D / C, the next L
         slot = torch.rand(B, T, generator=gen, device=dev).masked_fill(~masked, 2.0).argsort(1).argsort(1)
-        n_front = tokens_per_step if order == 'random' else n_candidates
-        k_all = n_latent in ('all', -1, None)
-        k = (remaining - n_front).clamp(min=0) if k_all else torch.full_like(remaining, int(n_latent))
-        front = masked & (slot < n_front)
-        latent = masked & (slot >= n_front) & (slot < n_front + k[:, None])
+        if every_candidate:           # L first, at most all but one; C the rest
+            k = torch.minimum(torch.full_like(remaining, int(n_latent)), remaining - 1)
+            latent = masked & (slot < k[:, None])
+            front = masked & ~latent
+        else:
+            n_front = tokens_per_step if order == 'random' else n_candidates
+            k = (remaining - n_front).clamp(min=0) if k_all else torch.full_like(remaining, int(n_latent))
+            front = masked & (slot < n_front)
+            latent = masked & (slot >= n_front) & (slot < n_front + k[:, None])
         # an ordered model's cache is exact: filled on the first pass, then only appended to (r = -1)
         refresh = cache_refresh != 0 and refresh_due(-1 if ordered else cache_refresh, n_pass)
         reuse = cache_refresh != 0 and not refresh
@@ -391,7 +401,7 @@ class SampleConfig:
     # decoder settings: None = as the checkpoint was evaluated in training
     n_latent: str = None             # latent sampler: an int or 'all'
     order: str = None                # random | top_prob | margin | entropy
-    n_candidates: int = None         # top_prob & co: choose among this many random masked positions (0 = all)
+    n_candidates: int = None         # top_prob & co: choose among this many random masked positions (0 = all but the latents)
     tokens_per_step: int = None      # positions committed per forward pass
     threshold: float = None          # also commit every candidate this confident (0 = off)
     temperature: float = None        # 0 = greedy

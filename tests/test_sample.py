@@ -103,6 +103,25 @@ def test_rows_with_different_numbers_of_masked_positions():
     assert stats['nfe'].tolist() == [10, 7] and (out != MASK).all()
 
 
+def test_latent_sampler_with_every_candidate():
+    """n_candidates=0: every masked position outside the k latents is a candidate (it used to
+    leave no candidate, so nothing was ever committed and decoding never ended). At k = 0 the
+    candidates see clean positions and themselves only, so the semi-causal model decodes exactly
+    as the independent decoder over all masked positions would run it."""
+    model, (_, x) = tiny_model(), puzzles(3)
+    M = int((x[0] == MASK).sum())
+    out, stats = decode_latent(model, x, n_latent=0, order='top_prob', n_candidates=0, gen=torch.Generator().manual_seed(0))
+    ref, ref_stats = decode_mdm(model, x, 'independent', order='top_prob', n_candidates=0)
+    assert torch.equal(out, ref) and stats['nfe'].tolist() == ref_stats['nfe'].tolist() == [M] * 3
+    trace = []
+    out, stats = decode_latent(model, x, n_latent=2, order='top_prob', n_candidates=0, gen=torch.Generator().manual_seed(0), trace=trace)
+    assert (out != MASK).all() and stats['nfe'].tolist() == [M] * 3
+    for t in trace:                   # latents min(2, masked - 1); every other masked position a candidate
+        assert int(t['latent'].sum()) == min(2, int((t['x'] == MASK).sum()) - 1) and int(t['commit'].sum()) == 1
+    with pytest.raises(ValueError, match="n_latent='all' would leave none to decode"):
+        decode_latent(model, x, n_latent='all', order='top_prob', n_candidates=0)
+
+
 def test_evaluation_accuracy_matches_the_verifier(trained_semi_causal):
     from utils import load_checkpoint
     model, ckpt = load_checkpoint(f'{trained_semi_causal}/out/ckpt.pt')
