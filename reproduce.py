@@ -10,6 +10,7 @@ reproduce.py: the paper's three findings, measured here, by one command.
     python reproduce.py --scale=path_star --seeds=0    # C3 on path-star graphs, 76 minutes a seed on 2 CPU cores
     python reproduce.py --scale=c2_long --seeds=0      # C1 and C2 only, SCDM and SIDM at 8x MDM's steps, 34 minutes a seed
     python reproduce.py --scale=sudoku9 --seeds=0      # C1 and C2 on 9x9 Sudoku, 105 minutes a seed on 2 CPU cores
+    python reproduce.py --scale=sudoku9_long --seeds=0 # the same, SCDM and SIDM at 2x MDM's steps, 160 minutes a seed
     python reproduce.py --scale=gpu --seeds=0          # 9x9 Sudoku + path-star, paper-scale model, one GPU
     python reproduce.py --scale=smoke                  # seconds; what the test suite runs
     python reproduce.py --sweep_latent=0,1,2,4,all --ckpt=out/mdlm/ckpt.pt --ref_ckpts=out/mdm/ckpt.pt,out/sidm/ckpt.pt
@@ -89,6 +90,10 @@ SCALES = {
     # models of presets/sudoku9_cpu.json (0.80M parameters, 7,500 steps each, 29 to 33 minutes a
     # model on 2 cores of a Xeon). All three get the same steps. No C3 models.
     'sudoku9': dict(diffusion='sudoku9_cpu', ar=None, ar_models='', n_test=500, ks='0,1,4,16,all', windows=''),
+    # sudoku9_long: the same with SCDM and SIDM at twice MDM's steps, the cpu scale's shares on
+    # 6x6 (SCDM learns every k at once; SIDM is its k = 0 reference): 57 minutes a model on a Xeon.
+    'sudoku9_long': dict(diffusion='sudoku9_cpu', longer=dict(SIDM=15000, SCDM=15000), ar=None, ar_models='',
+                         n_test=500, ks='0,1,4,16,all', windows=''),
     # gpu: the paper-scale preset (presets/sudoku9_gpu.json), 9x9 Sudoku and path-star with 5 arms.
     'gpu': dict(diffusion='sudoku9_gpu',
                 ar=dict(preset='sudoku9_gpu', task='path_star', task_options=dict(degree=5, arm_length=5, n_nodes=50)),
@@ -119,7 +124,7 @@ def scale_settings(spec):
 
 @dataclasses.dataclass
 class ReproduceConfig:
-    scale: str = 'cpu'         # smoke | cpu | path_star | c2_long | sudoku9 | gpu (SCALES in this file)
+    scale: str = 'cpu'         # smoke | cpu | path_star | c2_long | sudoku9 | sudoku9_long | gpu (SCALES)
     seeds: str = '0,1,2'       # one full run per seed
     out: str = ''              # default: results/ for the cpu scale, results/<scale>/ for the others
     device: str = 'auto'
