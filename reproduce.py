@@ -10,7 +10,7 @@ reproduce.py: the paper's three findings, measured here, by one command.
     python reproduce.py --scale=path_star --seeds=0    # C3 on path-star graphs, 76 minutes a seed on 2 CPU cores
     python reproduce.py --scale=c2_long --seeds=0      # C1 and C2 only, SCDM and SIDM at 8x MDM's steps, 34 minutes a seed
     python reproduce.py --scale=sudoku9 --seeds=0      # C1 and C2 on 9x9 Sudoku, 105 minutes a seed on 2 CPU cores
-    python reproduce.py --scale=sudoku9_long --seeds=0 # the same, SCDM and SIDM at 2x MDM's steps, 160 minutes a seed
+    python reproduce.py --scale=sudoku9_long --seeds=0 # the same, SCDM and SIDM at 2x MDM's steps, 155 minutes a seed
     python reproduce.py --scale=gpu --seeds=0          # 9x9 Sudoku + path-star, paper-scale model, one GPU
     python reproduce.py --scale=smoke                  # seconds; what the test suite runs
     python reproduce.py --sweep_latent=0,1,2,4,all --ckpt=out/mdlm/ckpt.pt --ref_ckpts=out/mdm/ckpt.pt,out/sidm/ckpt.pt

@@ -207,15 +207,12 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
         if not active.any(): break
         # a random order of the masked positions: its first slots become D / C, the next L
         slot = torch.rand(B, T, generator=gen, device=dev).masked_fill(~masked, 2.0).argsort(1).argsort(1)
-        if every_candidate:           # L first, at most all but one; C the rest
-            k = torch.minimum(torch.full_like(remaining, int(n_latent)), remaining - 1)
-            latent = masked & (slot < k[:, None])
-            front = masked & ~latent
-        else:
-            n_front = tokens_per_step if order == 'random' else n_candidates
-            k = (remaining - n_front).clamp(min=0) if k_all else torch.full_like(remaining, int(n_latent))
-            front = masked & (slot < n_front)
-            latent = masked & (slot >= n_front) & (slot < n_front + k[:, None])
+        n_front = torch.full_like(remaining, tokens_per_step if order == 'random' else n_candidates)
+        k = (remaining - n_front).clamp(min=0) if k_all else torch.full_like(remaining, int(n_latent))
+        if every_candidate:           # C = all but L, at least one
+            k = k.minimum(remaining - 1); n_front = remaining - k
+        front = masked & (slot < n_front[:, None])
+        latent = masked & (slot >= n_front[:, None]) & (slot < (n_front + k)[:, None])
         # an ordered model's cache is exact: filled on the first pass, then only appended to (r = -1)
         refresh = cache_refresh != 0 and refresh_due(-1 if ordered else cache_refresh, n_pass)
         reuse = cache_refresh != 0 and not refresh
