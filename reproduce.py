@@ -257,7 +257,7 @@ def sweep_threshold(model, ckpt, taus, n_test, prefix, device):
     return rows
 
 
-def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 4, 8, -1), rounds=3):
+def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 3, 4, 8, -1), rounds=3):
     """Cached vs uncached decoding of one checkpoint, in one run: ratios, not times. The rows take
     turns for `rounds` rounds; a row's time is its median, its ratio the median over rounds of
     its time over the first row's in the same round (a machine's speed drifts between rounds).
