@@ -398,7 +398,7 @@ class SampleConfig:
     # decoder settings: None = as the checkpoint was evaluated in training
     n_latent: str = None             # latent sampler: an int or 'all'
     order: str = None                # random | top_prob | margin | entropy
-    n_candidates: int = None         # top_prob & co: choose among this many random masked positions (0 = all but the latents)
+    n_candidates: int = None         # top_prob & co: choose among this many random masked positions (0 = all; the latent sampler: all but its k latents)
     tokens_per_step: int = None      # positions committed per forward pass
     threshold: float = None          # also commit every candidate this confident (0 = off)
     temperature: float = None        # 0 = greedy
@@ -416,7 +416,7 @@ DECODER_SETTINGS = ('n_latent', 'order', 'n_candidates', 'tokens_per_step', 'thr
 DECODER_VALUES = {      # setting: (is the value usable?, what it must be); a bad one would hang or mislead
     'n_latent': (lambda v: v == 'all' or (isinstance(v, int) and v >= 0), "a count >= 0 or 'all'"),
     'order': (lambda v: v in COMMIT_ORDERS, f'one of {", ".join(COMMIT_ORDERS)}'),
-    'n_candidates': (lambda v: v >= 0, 'a count >= 0 (0 = every masked position)'),
+    'n_candidates': (lambda v: v >= 0, 'a count >= 0 (0 = every masked position; the latent sampler: every one but its k latents)'),
     'tokens_per_step': (lambda v: v >= 1, 'at least 1'),
     'threshold': (lambda v: 0 <= v <= 1, 'between 0 (off) and 1'),
     'temperature': (lambda v: v >= 0, 'at least 0 (0 = greedy)'),
