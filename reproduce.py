@@ -257,6 +257,17 @@ def sweep_threshold(model, ckpt, taus, n_test, prefix, device):
     return rows
 
 
+def paired_difference(base, other):
+    """Accuracy of `other` minus that of `base` on the same examples (lists of solved or not), with
+    the half-width of its 95% interval from the per-example differences (+1 won, -1 lost, 0 same):
+    puzzles flipping both ways, not the accuracies, are what make a small difference uncertain.
+    -> (difference, half_width, lost, won)"""
+    n = len(base)
+    won = sum(o and not b for b, o in zip(base, other)); lost = sum(b and not o for b, o in zip(base, other))
+    d = (won - lost) / n
+    return d, 1.96 * math.sqrt(max((won + lost) / n - d * d, 0.0) / n), lost, won
+
+
 def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 3, 4, 8, -1), rounds=3):
     """Cached vs uncached decoding of one checkpoint, in one run: ratios, not times. The rows take
     turns for `rounds` rounds; a row's time is its median, its ratio the median over rounds of
@@ -264,7 +275,9 @@ def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 3, 4, 8, -1), rounds
     AR / AR+MTP: use_cache on and off (exact). Latent sampler: k = 0 and k = all, each with the
     clean-position cache off (r = 0) and refreshed every r passes (-1: never; a
     semi_causal_ordered checkpoint's cache is exact and never refreshed, whatever r); times are
-    given against uncached k = all. MDM (and SIDM): the cache off and refreshed every r passes."""
+    given against uncached k = all. MDM (and SIDM): the cache off and refreshed every r passes.
+    Each cached row's accuracy is also compared, puzzle by puzzle, with the uncached row of the same
+    k (paired_difference)."""
     task, examples = checkpoint_examples(ckpt, 'test', n)
     never = lambda r: 'never' if r == -1 else r
     if ckpt['decoder']['method'] == 'latent':
@@ -273,21 +286,30 @@ def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 3, 4, 8, -1), rounds
         runs = {f'r={never(r)}': dict(cache_refresh=r) for r in refreshes}
     else:
         runs = {'uncached': dict(use_cache=False), 'cached': dict(use_cache=True)}
-    results, seconds = {}, {name: [] for name in runs}
+    uncached = {name: next((u for u, s in runs.items() if s.get('n_latent') == settings.get('n_latent')
+                            and not s.get('cache_refresh') and not s.get('use_cache')), None)
+                for name, settings in runs.items()}
+    results, seconds, valid = {}, {name: [] for name in runs}, {}
     for _ in range(rounds):
         for name, settings in runs.items():
             results[name] = evaluate(model, task, examples, ckpt['attn'], dict(ckpt['decoder'], **settings),
-                                     device=device)
+                                     device=device, return_answers=True)
+            valid[name] = results[name].pop('valid'); results[name].pop('answers')
             seconds[name].append(results[name]['seconds'])
     base = next(iter(results))
     for name, r in results.items():
         r['seconds'] = statistics.median(seconds[name]); r['seconds_per_sample'] = r['seconds'] / r['n']
         r['time_ratio'] = statistics.median(a / b for a, b in zip(seconds[name], seconds[base]))
+        paired = ''
+        if uncached[name] not in (None, name):
+            d, half, r['lost'], r['won'] = paired_difference(valid[uncached[name]], valid[name])
+            r['difference'], r['interval95'] = d, half
+            paired = f'  {100 * d:+5.1f} +- {100 * half:.1f} points vs {uncached[name]} (lost {r["lost"]}, won {r["won"]})'
         print(f'{name:12s} accuracy {r["accuracy"]:6.1%}  {1000 * r["seconds_per_sample"]:7.2f} ms/puzzle  '
               f'{r["nfe_per_sample"]:5.1f} passes  {r["positions_per_sample"]:6.0f} positions/puzzle  '
-              f'time {r["time_ratio"]:.2f}x of {base}')
-    print(json.dumps({k: {c: r[c] for c in ('accuracy', 'seconds', 'time_ratio', 'nfe_per_sample', 'positions_per_sample')}
-                      for k, r in results.items()}))
+              f'time {r["time_ratio"]:.2f}x of {base}{paired}')
+    columns = ('accuracy', 'seconds', 'time_ratio', 'nfe_per_sample', 'positions_per_sample', 'difference', 'interval95')
+    print(json.dumps({k: {c: r[c] for c in columns if c in r} for k, r in results.items()}))
     return results
 
 

@@ -66,7 +66,19 @@ def test_cache_benchmark_of_a_latent_checkpoint(trained_semi_causal):
     assert list(results) == ['k=all r=0', 'k=all r=1', 'k=all r=4', 'k=0 r=0', 'k=0 r=1', 'k=0 r=4']
     for k in ('all', '0'):                      # r=1 is the uncached sampler; r=4 runs fewer positions
         assert results[f'k={k} r=1']['accuracy'] == results[f'k={k} r=0']['accuracy']
+        assert (results[f'k={k} r=1']['lost'], results[f'k={k} r=1']['won']) == (0, 0)   # the same puzzles, too
+        assert 'difference' not in results[f'k={k} r=0']                                 # its own baseline
         assert results[f'k={k} r=4']['positions_per_sample'] < results[f'k={k} r=0']['positions_per_sample']
+
+
+def test_paired_difference_by_hand():
+    from reproduce import paired_difference
+    # 4 puzzles: the second lost, the third and fourth won: +1/4; the per-puzzle differences
+    # (0, -1, +1, +1) have mean 1/4 and mean square 3/4, so variance 3/4 - 1/16 = 11/16
+    d, half, lost, won = paired_difference([True, True, False, False], [True, False, True, True])
+    assert (d, lost, won) == (0.25, 1, 2)
+    assert half == pytest.approx(1.96 * (11 / 16 / 4) ** 0.5)
+    assert paired_difference([True, False], [True, False]) == (0.0, 0.0, 0, 0)
 
 
 def test_cache_benchmark_of_an_mdm_checkpoint(tmp_path):
