@@ -286,8 +286,8 @@ def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 3, 4, 8, -1), rounds
         runs = {f'r={never(r)}': dict(cache_refresh=r) for r in refreshes}
     else:
         runs = {'uncached': dict(use_cache=False), 'cached': dict(use_cache=True)}
-    uncached = {name: next((u for u, s in runs.items() if s.get('n_latent') == settings.get('n_latent')
-                            and not s.get('cache_refresh') and not s.get('use_cache')), None)
+    cache_off = lambda s: dict(s, **{'use_cache': False} if 'use_cache' in s else {'cache_refresh': 0})
+    uncached = {name: next((u for u, s in runs.items() if s == cache_off(settings)), None)   # same settings, no cache
                 for name, settings in runs.items()}
     results, seconds, valid = {}, {name: [] for name in runs}, {}
     for _ in range(rounds):

@@ -92,6 +92,7 @@ def test_cache_benchmark_of_an_mdm_checkpoint(tmp_path):
     assert list(results) == ['r=0', 'r=1', 'r=4']
     assert results['r=1']['accuracy'] == results['r=0']['accuracy']
     assert results['r=1']['positions_per_sample'] == results['r=0']['positions_per_sample']
+    assert (results['r=1']['lost'], results['r=1']['won']) == (0, 0)      # compared with r=0, puzzle by puzzle
     assert results['r=4']['positions_per_sample'] < results['r=0']['positions_per_sample']
 
 
