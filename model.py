@@ -110,24 +110,24 @@ def attend(q, k, v, attn_mask, is_causal, dropout_p):
     On GPUs: PyTorch's fused kernels (scaled_dot_product_attention). On CPU: the same formula
     written out, which at the short sequences here trains about 3x faster than the CPU flash
     kernel PyTorch picks by default (`python train_mdlm.py --bench` prints a plain GPT with both)
-    and as fast as its math kernel, with nothing hidden. Precision: the .float() calls make bf16
-    inputs multiply in float32, but not under autocast, which casts a matrix product's inputs to
-    its own dtype: in a bf16 autocast run (the default on CPUs with bf16) the products and the
-    softmax here run in bf16, as in every bf16 run measured in this repo (results/studies.md,
+    and as fast as its math kernel, with nothing hidden. Precision: the inputs' dtype. In a bf16
+    autocast run (the default on CPUs with bf16) the products and the softmax run in bf16, as in
+    every bf16 run measured in this repo: autocast casts a matrix product's inputs to bf16 whatever
+    their dtype, so converting q, k and v to float32 here would only add copies (results/studies.md,
     "Attention's precision")."""
     if attn_mask is not None:
         attn_mask = attn_mask[:, None]                    # one mask for every head
     if q.device.type != 'cpu':
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p)
     # scale and mask in place: the product's backward needs only q and k, an added constant nothing
-    scores = q.float() @ k.float().transpose(-2, -1)
+    scores = q @ k.transpose(-2, -1)
     scores.mul_(q.shape[-1] ** -0.5)
     if is_causal:
         attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
     if attn_mask is not None:
         scores.add_(torch.where(attn_mask, 0.0, float('-inf')))         # -inf where not visible
     weights = F.dropout(scores.softmax(-1), dropout_p)
-    return (weights @ v.float()).to(v.dtype)
+    return weights @ v
 
 
 class RMSNormFunction(torch.autograd.Function):

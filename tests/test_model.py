@@ -139,6 +139,8 @@ def test_our_cpu_attention_equals_pytorchs():
         ours16 = attend(q16, k16, v16, m, causal, 0.0)
         assert ours16.dtype == torch.bfloat16
         assert (ours16.float() - ref.float()).abs().max() < 0.05 and (ours16.float() - ref16.float()).abs().max() < 0.05
+        with torch.autocast('cpu', dtype=torch.bfloat16):   # autocast runs the products in bf16 whatever
+            assert torch.equal(attend(q, k, v, m, causal, 0.0), ours16)   # the inputs' dtype (docstring)
 
 
 def test_rms_norm_backward_written_out_matches_autograd():
