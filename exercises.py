@@ -1,7 +1,7 @@
 """
 exercises.py: course assignments made from this repo, and their grader.
 
-Seven regions of the code, each one idea of the paper, sit between `# EXERCISE N: ...` and
+Eight regions of the code, seven ideas of the paper and one way to judge what they change, sit between `# EXERCISE N: ...` and
 `# END EXERCISE N` lines. An instructor writes a student copy in which each region is replaced
 by `raise NotImplementedError("Exercise N: ...")` and a hint; the tests that belong to an
 exercise carry `@pytest.mark.exercise(N)`. Tests that only *use* an unsolved exercise are skipped
@@ -53,8 +53,17 @@ EXERCISES = {
         '--threshold=0 (98 to 99% on two CPUs we tried) in about 4x fewer forward passes per '
         'puzzle (5.6 to 5.7 against 24); --threshold=0.9 needs 2.6 but solves only 66 to 68%: a '
         'cell committed at 0.9 is wrong one time in ten', ()),
+    8: ('a paired comparison', 'reproduce.py: paired_difference',
+        'won = puzzles `other` solves and `base` does not, lost = the reverse; the difference is '
+        '(won - lost) / n, the mean of the per-puzzle differences (+1, -1 or 0); its 95% half-width '
+        'is 1.96 sqrt(variance / n), the variance being their mean square, (won + lost) / n, minus '
+        'the mean squared.',
+        'test_paired_difference_by_hand passes; `python reproduce.py --bench_cache '
+        '--ckpt=out/mdlm/ckpt.pt --n=500` prints, for every cached row, its difference from the '
+        'uncached row with that interval and the puzzles lost and won, and r = 1 (the uncached '
+        'decoder) loses and wins none', ()),
 }
-SOURCES = ('model.py', 'train_mdlm.py', 'train_ar_mtp.py', 'sample.py', 'tasks.py')
+SOURCES = ('model.py', 'train_mdlm.py', 'train_ar_mtp.py', 'sample.py', 'tasks.py', 'reproduce.py')
 REGION = re.compile(r'^([ \t]*)# EXERCISE (\d+): [^\n]*\n.*?^[ \t]*# END EXERCISE \2\n', re.M | re.S)
 
 

@@ -262,10 +262,12 @@ def paired_difference(base, other):
     the half-width of its 95% interval from the per-example differences (+1 won, -1 lost, 0 same):
     puzzles flipping both ways, not the accuracies, are what make a small difference uncertain.
     -> (difference, half_width, lost, won)"""
+    # EXERCISE 8: the difference, its 95% half-width from the per-puzzle differences, lost and won
     n = len(base)
     won = sum(o and not b for b, o in zip(base, other)); lost = sum(b and not o for b, o in zip(base, other))
     d = (won - lost) / n
     return d, 1.96 * math.sqrt(max((won + lost) / n - d * d, 0.0) / n), lost, won
+    # END EXERCISE 8
 
 
 def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 3, 4, 8, -1), rounds=3):
