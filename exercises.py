@@ -1,11 +1,12 @@
 """
 exercises.py: course assignments made from this repo, and their grader.
 
-Eight regions of the code, seven ideas of the paper and one way to judge what they change, sit between `# EXERCISE N: ...` and
-`# END EXERCISE N` lines. An instructor writes a student copy in which each region is replaced
-by `raise NotImplementedError("Exercise N: ...")` and a hint; the tests that belong to an
-exercise carry `@pytest.mark.exercise(N)`. Tests that only *use* an unsolved exercise are skipped
-with a reason (tests/conftest.py), so a student sees only the failures that are theirs.
+Eight regions of the code, seven ideas of the paper and one way to judge what they change, sit
+between `# EXERCISE N: ...` and `# END EXERCISE N` lines. An instructor writes a student copy in
+which each region is replaced by `raise NotImplementedError("Exercise N: ...")` and a hint; the
+tests that belong to an exercise carry `@pytest.mark.exercise(N)`. Tests that only *use* an
+unsolved exercise are skipped with a reason (tests/conftest.py), so a student sees only the
+failures that are theirs.
 
     python exercises.py --make=../student      # write a student copy
     python exercises.py --grade                # in any copy: a table, then one JSON line
