@@ -17,6 +17,7 @@ reproduce.py: the paper's three findings, measured here, by one command.
     python reproduce.py --sweep_threshold=0,0.5,0.9,0.99 --ckpt=out/mdm/ckpt.pt   # passes vs accuracy
     python reproduce.py --bench_cache --ckpt=out/mdlm/ckpt.pt   # cached vs uncached decoding, one run
     python reproduce.py --probe_window --ckpt=out/ar_mtp/ckpt.pt  # what AR+MTP's latent positions know
+    python reproduce.py --calibration=0,0.9 --ckpt=out/mdm/ckpt.pt  # is an MDM as sure as it is right?
 
 Writes, under --out (default results/ for the cpu scale, results/<scale>/ for the others),
 <out>/models.csv (accuracy per task, model, seed and decoding), <out>/sweep_latent_seed*.csv
@@ -31,7 +32,9 @@ it lets even an independent model steer around the hard cells, so it flatters SI
 """
 import dataclasses, json, math, os, platform, statistics, sys, time
 import torch
-from sample import DECODERS, checkpoint_examples, decoder_value_ok, evaluate
+from sample import DECODERS, checkpoint_examples, choose_tokens, commit_rule, decoder_value_ok, evaluate, random_subset
+from model import attention_mask
+from tasks import MASK
 from train_ar_mtp import ARConfig, objective
 from train_mdlm import TrainConfig, train
 from configurator import changed_settings, parse_settings, parse_value
@@ -136,10 +139,11 @@ class ReproduceConfig:
     ref_ckpts: str = ''        # MDM / SIDM checkpoints decoded by the same rule as reference rows
     bench_cache: bool = False  # cached vs uncached decoding of --ckpt, in one run
     probe_window: bool = False # what an AR+MTP checkpoint's latent positions know, cut by cut
+    calibration: str = ''      # e.g. 0,0.9: how sure an MDM is against how often it is right, per threshold
     n: int = 500               # test examples for the jobs on --ckpt
 
 
-CKPT_JOBS = ('sweep_latent', 'sweep_threshold', 'bench_cache', 'probe_window')     # each needs --ckpt
+CKPT_JOBS = ('sweep_latent', 'sweep_threshold', 'bench_cache', 'probe_window', 'calibration')     # each needs --ckpt
 
 
 def cpu_name():
@@ -257,6 +261,64 @@ def sweep_threshold(model, ckpt, taus, n_test, prefix, device):
     return rows
 
 
+CONFIDENCE_BINS = (0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1)
+
+
+@torch.no_grad()
+def calibration(model, ckpt, taus, n, path, device, seed=0, batch_size=256):
+    """Is an MDM as often right as it is sure, and what does threshold decoding lose to that? For
+    each tau, the checkpoint's decoder with --threshold=tau runs on n Sudoku test puzzles with every
+    commit replaced by the right digit (of the puzzle's unique solution): the path decoding takes
+    while it makes no mistake, so a puzzle is solved exactly when every committed guess on it is
+    right. The committed cells, binned by confidence (top probability): how many, how sure on
+    average, how often right (written to `path`). Printed beside the share solved: what the
+    confidences predict if they were calibrated and the cells of a pass independent (solved with
+    the product of the commits' confidences; sum(1 - confidence) wrong guesses)."""
+    if ckpt['decoder']['method'] != 'mdm' or not ckpt['task_config']['name'].startswith('sudoku'):
+        raise SystemExit(f'error: --calibration needs an MDM or SIDM Sudoku checkpoint (a unique solution says '
+                         f'which guess is right); this one is {ckpt["attn"]!r} on {ckpt["task_config"]["name"]!r}')
+    task, examples = checkpoint_examples(ckpt, 'test', n)
+    d = ckpt['decoder']
+    rows, summary = [], {}
+    for tau in taus:
+        gen = torch.Generator(device=device).manual_seed(seed)
+        confidence, right, log_p, wrong = [], [], [], []
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i:i + batch_size]
+            x = torch.from_numpy(task.encode_batch([(p, None) for p, _ in chunk])[0]).to(device)
+            solution = torch.from_numpy(task.encode_batch(chunk)[0]).to(device)
+            log_p.append(torch.zeros(len(x), dtype=torch.float64, device=device))
+            wrong.append(torch.zeros(len(x), device=device))
+            while (x == MASK).any():
+                masked = x == MASK
+                logits, _ = model(x, attn_mask=attention_mask(ckpt['attn'], masked))
+                token, probs = choose_tokens(logits, 0.0, gen)
+                commit = commit_rule(probs, random_subset(masked, d['n_candidates'], gen), d['order'],
+                                     d['tokens_per_step'], tau, gen)
+                c, ok = probs.amax(-1), token == solution
+                confidence.append(c[commit]); right.append(ok[commit])
+                log_p[-1] += (c.log() * commit).sum(1); wrong[-1] += (commit & ~ok).sum(1)
+                x = torch.where(commit, solution, x)
+        log_p, wrong = torch.cat(log_p), torch.cat(wrong)
+        confidence, right = torch.cat(confidence), torch.cat(right)
+        for lo, hi in zip(CONFIDENCE_BINS, CONFIDENCE_BINS[1:]):     # the last bin includes 1
+            inside = (confidence >= lo) & ((confidence < hi) | (hi == 1))
+            if inside.any():
+                rows.append(dict(threshold=tau, confidence_from=lo, confidence_to=hi, cells=int(inside.sum()),
+                                 mean_confidence=round(float(confidence[inside].mean()), 4),
+                                 right=round(float(right[inside].double().mean()), 4)))
+                print(f'threshold {tau:g}, confidence {lo:g} to {hi:g}: {rows[-1]["cells"]:6d} guesses committed, '
+                      f'{rows[-1]["mean_confidence"]:.4f} sure on average, {rows[-1]["right"]:.4f} right')
+        summary[tau] = s = dict(solved=float((wrong == 0).double().mean()), predicted=float(log_p.exp().mean()),
+                                wrong=float(wrong.mean()), expected_wrong=float((1 - confidence).sum()) / len(wrong))
+        print(f'threshold {tau:g}: {s["solved"]:.1%} solved ({s["wrong"]:.3f} wrong guesses per puzzle); '
+              f'calibrated and independent the confidences would give {s["predicted"]:.1%} '
+              f'({s["expected_wrong"]:.3f})\n')
+    write_csv(path, rows, ('threshold', 'confidence_from', 'confidence_to', 'cells', 'mean_confidence', 'right'))
+    print(f'wrote {path}')
+    return rows, summary
+
+
 def paired_difference(base, other):
     """Accuracy of `other` minus that of `base` on the same examples (lists of solved or not), with
     the half-width of its 95% interval from the per-example differences (+1 won, -1 lost, 0 same):
@@ -367,7 +429,8 @@ def check_lists(cfg):
     for key, usable, what in (
             ('seeds', lambda v: type(v) is int, 'integers'),
             ('sweep_latent', lambda v: decoder_value_ok('n_latent', v), "counts >= 0 or 'all'"),
-            ('sweep_threshold', lambda v: decoder_value_ok('threshold', v), 'numbers between 0 and 1')):
+            ('sweep_threshold', lambda v: decoder_value_ok('threshold', v), 'numbers between 0 and 1'),
+            ('calibration', lambda v: decoder_value_ok('threshold', v), 'numbers between 0 and 1')):
         items = getattr(cfg, key)
         if items and not all(usable(parse_value(v)) for v in items.split(',')):
             raise SystemExit(f'error: --{key} must be a comma-separated list of {what}, got {items!r}')
@@ -392,6 +455,9 @@ def main(argv):
         model, ckpt = load_checkpoint(cfg.ckpt, device)
         if cfg.bench_cache:
             return bench_cache(model, ckpt, cfg.n, device)
+        if cfg.calibration:
+            return calibration(model, ckpt, [float(t) for t in cfg.calibration.split(',')], cfg.n,
+                               os.path.join(os.path.dirname(cfg.ckpt), 'calibration.csv'), device)
         if cfg.probe_window:
             return probe_window(model, ckpt, cfg.n, os.path.join(os.path.dirname(cfg.ckpt), 'probe_window.csv'), device)
         if cfg.sweep_threshold:

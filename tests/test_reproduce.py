@@ -188,3 +188,26 @@ def test_target_checks_fail_a_target_missed_on_one_seed():
         '**not met** (+20.0 / -25.0)'
     s['dial'][1]['per_seed'] = [0.00, 0.30]                     # a 6-point drop is not
     assert '**not met**' in [l for l in target_checks(s) if 'non-decreasing' in l][0]
+
+
+def test_calibration_follows_threshold_decoding_exactly(tmp_path, trained_semi_causal):
+    """--calibration decodes on the path threshold decoding takes while it is right: it finds the
+    decoder's own accuracy, puzzle for puzzle, and commits every blank cell once."""
+    from reproduce import calibration
+    from sample import evaluate
+    from train_mdlm import settings, train
+    cfg, _ = settings(['presets/tiny_test.json', f'--out_dir={tmp_path}/out', f'--data_dir={tmp_path}/data',
+                       '--attn=full', '--max_iters=150', '--eval_interval=150', '--eval_n=8'])
+    model, ckpt = load_checkpoint(train(cfg, quiet=True)[1])
+    task, examples = reproduce.checkpoint_examples(ckpt, 'test', 64)
+    blanks = sum(p.count('.') for p, _ in examples)
+    rows, summary = calibration(model, ckpt, [0.0, 0.6], 64, str(tmp_path / 'calibration.csv'), 'cpu', batch_size=24)
+    for tau in (0.0, 0.6):
+        solved = evaluate(model, task, examples, ckpt['attn'], dict(ckpt['decoder'], threshold=tau))['accuracy']
+        assert summary[tau]['solved'] == solved and 0 < solved < 1                     # a model that fails sometimes
+        assert sum(r['cells'] for r in rows if r['threshold'] == tau) == blanks        # each blank committed once
+        assert summary[tau]['wrong'] > 0 and 0 < summary[tau]['predicted'] < 1
+    assert all(0 <= r['right'] <= 1 and r['confidence_from'] <= r['mean_confidence'] <= r['confidence_to'] for r in rows)
+    assert len(list(csv.DictReader(open(tmp_path / 'calibration.csv')))) == len(rows)
+    with pytest.raises(SystemExit, match='needs an MDM or SIDM Sudoku checkpoint'):
+        calibration(*load_checkpoint(f'{trained_semi_causal}/out/ckpt.pt'), [0.9], 8, str(tmp_path / 'c.csv'), 'cpu')

@@ -139,6 +139,8 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('reproduce', ['--sweep_threshold=0,1.5', '--ckpt=x.pt'], 'list of numbers between 0 and 1'),
     ('reproduce', ['--ckpt=x.pt'], 'a --scale=cpu run does not use --ckpt'),          # was: ran the cpu scale
     ('reproduce', ['--probe_window'], '--probe_window needs --ckpt=PATH'),
+    ('reproduce', ['--calibration=0.9,2', '--ckpt=x.pt'], 'list of numbers between 0 and 1'),
+    ('reproduce', ['--calibration=0.9'], '--calibration needs --ckpt=PATH'),
     ('reproduce', ['--bench_cache', '--probe_window', '--ckpt=x.pt'], 'one job per command'),
     ('reproduce', ['--bench_cache', '--ckpt=x.pt', '--seeds=1'], '--bench_cache does not use --seeds'),
     ('reproduce', ['--bench_cache', '--ckpt=x.pt', '--ref_ckpts=y.pt'], '--bench_cache does not use --ref_ckpts'),
