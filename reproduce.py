@@ -271,9 +271,10 @@ def calibration(model, ckpt, taus, n, path, device, seed=0, batch_size=256):
     commit replaced by the right digit (of the puzzle's unique solution): the path decoding takes
     while it makes no mistake, so a puzzle is solved exactly when every committed guess on it is
     right. The committed cells, binned by confidence (top probability): how many, how sure on
-    average, how often right (written to `path`). Printed beside the share solved: what the
-    confidences predict if they were calibrated and the cells of a pass independent (solved with
-    the product of the commits' confidences; sum(1 - confidence) wrong guesses)."""
+    average, how often right (written to `path`, a .csv, and drawn beside it as a .png). Printed
+    beside the share solved: what the confidences predict if they were calibrated and the cells of
+    a pass independent (solved with the product of the commits' confidences; sum(1 - confidence)
+    wrong guesses)."""
     if ckpt['decoder']['method'] != 'mdm' or not ckpt['task_config']['name'].startswith('sudoku'):
         raise SystemExit(f'error: --calibration needs an MDM or SIDM Sudoku checkpoint (a unique solution says '
                          f'which guess is right); this one is {ckpt["attn"]!r} on {ckpt["task_config"]["name"]!r}')
@@ -315,7 +316,26 @@ def calibration(model, ckpt, taus, n, path, device, seed=0, batch_size=256):
               f'calibrated and independent the confidences would give {s["predicted"]:.1%} '
               f'({s["expected_wrong"]:.3f})\n')
     write_csv(path, rows, ('threshold', 'confidence_from', 'confidence_to', 'cells', 'mean_confidence', 'right'))
-    print(f'wrote {path}')
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    floor = 0.5 / max(r['cells'] for r in rows)      # a bin with no wrong guess is drawn here (open marker)
+    ax.plot([1e-5, 1], [1e-5, 1], color='grey', lw=0.8, label='as often wrong as unsure')
+    for tau, s in summary.items():       # one line per threshold, a point per bin (area: guesses in it)
+        mine = [r for r in rows if r['threshold'] == tau]
+        unsure, wrong = [1 - r['mean_confidence'] for r in mine], [max(1 - r['right'], floor) for r in mine]
+        line, = ax.plot(unsure, wrong, '-', lw=0.8, alpha=0.6)
+        size = [8 + 60 * r['cells'] / max(x['cells'] for x in rows) for r in mine]
+        ax.scatter(unsure, wrong, s=size, color=line.get_color(), label=f'tau = {tau:g}: {s["solved"]:.1%} solved '
+                   f'({s["predicted"]:.1%} if calibrated)', facecolors=[line.get_color() if r['right'] < 1 else 'none'
+                                                                        for r in mine])
+    ax.set_xscale('log'); ax.set_yscale('log'); ax.set_xlim(1e-5, 1); ax.set_ylim(floor / 2, 1)
+    ax.set_xlabel('1 - mean top probability of the guesses committed (how unsure)')
+    ax.set_ylabel('share of them wrong (open: none wrong)')
+    ax.grid(alpha=0.3, which='both'); ax.legend(fontsize=7, loc='upper left')
+    ax.set_title(f'committed guesses binned by confidence, {ckpt["attn"]} model, {len(examples)} puzzles', fontsize=9)
+    fig.tight_layout(); fig.savefig(path[:-len('.csv')] + '.png', dpi=110); plt.close(fig)
+    print(f'wrote {path} and {path[:-len(".csv")]}.png')
     return rows, summary
 
 

@@ -209,5 +209,6 @@ def test_calibration_follows_threshold_decoding_exactly(tmp_path, trained_semi_c
         assert summary[tau]['wrong'] > 0 and 0 < summary[tau]['predicted'] < 1
     assert all(0 <= r['right'] <= 1 and r['confidence_from'] <= r['mean_confidence'] <= r['confidence_to'] for r in rows)
     assert len(list(csv.DictReader(open(tmp_path / 'calibration.csv')))) == len(rows)
+    assert (tmp_path / 'calibration.png').stat().st_size > 1000
     with pytest.raises(SystemExit, match='needs an MDM or SIDM Sudoku checkpoint'):
         calibration(*load_checkpoint(f'{trained_semi_causal}/out/ckpt.pt'), [0.9], 8, str(tmp_path / 'c.csv'), 'cpu')
