@@ -153,7 +153,7 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
             sees = attention_mask(attn, masked[:1])
             seen = masked[0] if sees is None else sees[0][commit[0]].any(0)
             trace.append(dict(latent=masked[0] & ~commit[0] & seen, commit=commit[0].clone(), x=x[0].clone(),
-                              guess=token[0].clone()))
+                              guess=token[0].clone(), sure=probs[0].amax(-1)))
         x = torch.where(commit, token, x)
         nfe += active; positions += active * ran
     return x, dict(nfe=nfe, positions=positions)
@@ -252,7 +252,9 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
         commit = torch.zeros_like(masked).scatter_(1, idx, commit_sub)
         new = torch.zeros_like(x).scatter_(1, idx, token)
         if trace is not None:                              # for --show: what this step did
-            trace.append(dict(latent=latent[0].clone(), commit=commit[0].clone(), x=x[0].clone(), guess=new[0].clone()))
+            sure = torch.zeros(B, T, dtype=probs.dtype, device=dev).scatter_(1, idx, probs.amax(-1))
+            trace.append(dict(latent=latent[0].clone(), commit=commit[0].clone(), x=x[0].clone(), guess=new[0].clone(),
+                              sure=sure[0]))
         x = torch.where(commit, new, x)
         if ordered:   # distinct ranks within a pass too: in training no two clean positions share one
             decoded_rank = torch.where(commit, n_pass + torch.rand(B, T, generator=gen, device=dev), decoded_rank)
@@ -464,7 +466,8 @@ def decoder_for(ckpt, cfg):
 def show(model, task, problem, attn, decoder, device):
     """Print one example being decoded step by step, with what the latent positions guess in each
     pass (a guess is never committed: the position is decoded later, maybe to another value).
-    Latent sampler: '*' latent cells, '.' other masked cells, each guess beside its final value.
+    Latent sampler: '*' latent cells, '.' other masked cells, each guess beside its final value;
+    each decoded cell with how sure the model was of it (its top probability).
     MDM: the same drawing, every other masked cell a latent (k = all at every step); SIDM's
     masked cells see no other masked cell, so it has none.
     AR+MTP: the answer so far, the token this step writes in [brackets], then the guesses of the
@@ -490,7 +493,8 @@ def show(model, task, problem, attn, decoder, device):
             cells = [task.vocab[int(i)] if int(i) > SEP else '.' for i in now[start:]]
             marks = {p - start: '*' for p in torch.nonzero(t['latent']).flatten().tolist()}
             new = [p - start for p in torch.nonzero(t['commit']).flatten().tolist()]
-            print(f'step {step + 1}: decode {", ".join(f"cell {c} = {cells[c]}" for c in new)}; '
+            decoded = ', '.join(f'cell {c} = {cells[c]} ({float(t["sure"][c + start]):.0%})' for c in new)
+            print(f'step {step + 1}: decode {decoded}; '
                   f'{len(marks)} latent tokens (*), {int((t["x"] == MASK).sum()) - len(new) - len(marks)} other masked (.)')
             if task.name.startswith('sudoku'):
                 print('\n'.join(task.grid(cells, marks)))
