@@ -323,10 +323,10 @@ def calibration(model, ckpt, taus, n, path, device, seed=0, batch_size=256):
     ax.plot([1e-5, 1], [1e-5, 1], color='grey', lw=0.8, label='as often wrong as unsure')
     for tau, s in summary.items():       # one line per threshold, a point per bin (area: guesses in it)
         mine = [r for r in rows if r['threshold'] == tau]
-        unsure, wrong = [1 - r['mean_confidence'] for r in mine], [max(1 - r['right'], floor) for r in mine]
-        line, = ax.plot(unsure, wrong, '-', lw=0.8, alpha=0.6)
+        unsure, share_wrong = [1 - r['mean_confidence'] for r in mine], [max(1 - r['right'], floor) for r in mine]
+        line, = ax.plot(unsure, share_wrong, '-', lw=0.8, alpha=0.6)
         size = [8 + 60 * r['cells'] / max(x['cells'] for x in rows) for r in mine]
-        ax.scatter(unsure, wrong, s=size, color=line.get_color(), label=f'tau = {tau:g}: {s["solved"]:.1%} solved '
+        ax.scatter(unsure, share_wrong, s=size, color=line.get_color(), label=f'tau = {tau:g}: {s["solved"]:.1%} solved '
                    f'({s["predicted"]:.1%} if calibrated)', facecolors=[line.get_color() if r['right'] < 1 else 'none'
                                                                         for r in mine])
     ax.set_xscale('log'); ax.set_yscale('log'); ax.set_xlim(1e-5, 1); ax.set_ylim(floor / 2, 1)
