@@ -136,6 +136,7 @@ def objective(cfg):
 def main(argv):
     cfg, _ = settings(argv, ARConfig(), bench=False, refuse={
         'attn': 'AR attention follows from --mtp_window and --prefix',
+        'independent_share': 'it shapes semi-causal diffusion training (train_mdlm.py)',
         'bench': 'the training-speed benchmark is `python train_mdlm.py --bench`'})
     if cfg.task == 'sudoku' and cfg.task_options.get('layout', 'inplace') != 'prompt':
         raise SystemExit('error: AR models need --layout=prompt for sudoku (the puzzle before the answer)')

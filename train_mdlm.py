@@ -48,6 +48,9 @@ class TrainConfig:
     # diffusion
     mask_all: bool = False            # mask every position, not only the answer
     eps: float = 1e-3                 # t ~ U(eps, 1)
+    independent_share: float = 0.0    # SCDM (ours, off by default): this share of examples ranks all its
+                                      # masked positions alike, so none sees another: k = 0's view, trained
+                                      # at every masked position of them (results/studies.md)
     # optimisation
     batch_size: int = 128
     max_iters: int = 1500
@@ -139,6 +142,9 @@ def check_settings(cfg):
         (cfg.eval_interval >= 1 and cfg.eval_iters >= 1 and cfg.eval_n >= 1,
          'eval_interval, eval_iters and eval_n must be at least 1'),
         (cfg.init_std > 0, f"init_std must be positive (the initial weights' scale), got {cfg.init_std}"),
+        (0 <= cfg.independent_share <= 1, f'independent_share is a share of examples, 0 to 1, got {cfg.independent_share}'),
+        (cfg.independent_share == 0 or cfg.attn in ('semi_causal', 'semi_causal_ordered'),
+         f'independent_share ranks masked positions alike: it applies to semi_causal models, not --attn={cfg.attn}'),
     ]
     for ok, why in rules:
         if not ok:
@@ -170,6 +176,9 @@ def diffusion_loss(model, ids, answer_mask, cfg, gen, rows=slice(None)):
     t = cfg.eps + (1 - cfg.eps) * u                          # stratified t: lower variance
     masked = answer_mask & (torch.rand(B, T, generator=gen, device=ids.device) < t[:, None])
     rank = torch.rand(B, T, generator=gen, device=ids.device)  # only used by semi_causal(_ordered)
+    if cfg.independent_share > 0:                   # ours: equal ranks do not see each other
+        alike = torch.rand(B, 1, generator=gen, device=ids.device) < cfg.independent_share
+        rank = rank.masked_fill(alike, 0.5)
     if cfg.attn == 'semi_causal_ordered':          # the givens come before every decoded position
         rank = rank.masked_fill(~answer_mask, -1.0)
     ids, answer_mask, masked, rank, t = ids[rows], answer_mask[rows], masked[rows], rank[rows], t[rows]

@@ -174,6 +174,32 @@ def test_ordered_variant_ranks_the_givens_below_every_answer_cell(monkeypatch):
     assert len(set(rank[answer].tolist())) == int(answer.sum())          # no ties among answer cells
 
 
+
+def test_independent_share_trains_some_examples_as_sidm(monkeypatch):
+    """--independent_share (ours): that share of examples ranks all its masked cells alike, so under
+    semi_causal attention none sees another. At 1 the mask is SIDM's exactly, for the same noise;
+    at 0.5 about half the rows are; at 0 (the default) nothing changes and nothing more is drawn."""
+    import train_mdlm
+    seen = []
+    real = train_mdlm.attention_mask
+    monkeypatch.setattr(train_mdlm, 'attention_mask', lambda attn, masked, rank: seen.append(real(attn, masked, rank))
+                        or seen[-1])
+    ids = torch.randint(3, 7, (64, 20))
+    answer = torch.zeros(64, 20, dtype=torch.bool); answer[:, 5:] = True
+    masks = {}
+    for attn, share in (('independent', 0.0), ('semi_causal', 1.0), ('semi_causal', 0.5), ('semi_causal', 0.0)):
+        gen = torch.Generator().manual_seed(0)
+        diffusion_loss(Uniform(), ids, answer, TrainConfig(attn=attn, independent_share=share), gen)
+        masks[attn, share] = seen[-1]
+        if share == 0.0:
+            masks[attn, 'next draw'] = torch.rand(1, generator=gen)
+    assert torch.equal(masks['semi_causal', 1.0], masks['independent', 0.0])
+    half, sidm, none = masks['semi_causal', 0.5], masks['independent', 0.0], masks['semi_causal', 0.0]
+    as_sidm, as_before = (half == sidm).flatten(1).all(1), (half == none).flatten(1).all(1)
+    assert (as_sidm | as_before).all()                        # each row one or the other, ranks unchanged
+    assert 16 < int((as_sidm & ~as_before).sum()) < 48        # about half of 64 changed
+    assert torch.equal(masks['semi_causal', 'next draw'], masks['independent', 'next draw'])   # nothing more drawn
+
 def test_training_benchmark_measures_every_row(capsys):
     """`--bench` times the plain GPT (as nanoGPT writes it and with our attend), ours as AR and
     as each diffusion model, ours with LayerNorm, with PyTorch's RMSNorm (autograd backward) and
