@@ -252,9 +252,9 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
         commit = torch.zeros_like(masked).scatter_(1, idx, commit_sub)
         new = torch.zeros_like(x).scatter_(1, idx, token)
         if trace is not None:                              # for --show: what this step did
-            sure = torch.zeros(B, T, dtype=probs.dtype, device=dev).scatter_(1, idx, probs.amax(-1))
+            sure = probs.new_zeros(T).scatter_(0, idx[0], probs[0].amax(-1))   # row 0's, at its positions
             trace.append(dict(latent=latent[0].clone(), commit=commit[0].clone(), x=x[0].clone(), guess=new[0].clone(),
-                              sure=sure[0]))
+                              sure=sure))
         x = torch.where(commit, new, x)
         if ordered:   # distinct ranks within a pass too: in training no two clean positions share one
             decoded_rank = torch.where(commit, n_pass + torch.rand(B, T, generator=gen, device=dev), decoded_rank)

@@ -143,7 +143,7 @@ def check_settings(cfg):
          'eval_interval, eval_iters and eval_n must be at least 1'),
         (cfg.init_std > 0, f"init_std must be positive (the initial weights' scale), got {cfg.init_std}"),
         (0 <= cfg.independent_share <= 1, f'independent_share is a share of examples, 0 to 1, got {cfg.independent_share}'),
-        (cfg.independent_share == 0 or cfg.attn in ('semi_causal', 'semi_causal_ordered'),
+        (cfg.independent_share == 0 or ATTN_METHOD.get(cfg.attn) == 'latent',   # the ranked structures
          f'independent_share ranks masked positions alike: it applies to semi_causal models, not --attn={cfg.attn}'),
     ]
     for ok, why in rules:

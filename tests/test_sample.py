@@ -167,7 +167,6 @@ def test_show_draws_every_step_with_its_latents_and_their_guesses(trained_semi_c
     assert out.strip().endswith(('verifies: ' if TASK.verify(problem, answer) else 'is WRONG: ') + answer)
 
 
-
 def test_show_gives_how_sure_the_model_was_of_each_committed_cell(trained_semi_causal, capsys):
     """With a threshold a pass commits its most confident candidate and every other one at least
     that sure: --show prints each with its top probability, so the extra ones read >= the threshold."""
@@ -180,6 +179,7 @@ def test_show_gives_how_sure_the_model_was_of_each_committed_cell(trained_semi_c
     sure = [sorted(int(p) for p in re.findall(r'cell \d+ = \d \((\d+)%\)', line)) for line in passes]
     assert sum(map(len, sure)) == problem.count('.') and any(len(s) > 1 for s in sure)   # several cells a pass
     assert all(0 <= p <= 100 for s in sure for p in s) and all(p >= 60 for s in sure for p in s[:-1])
+
 
 @pytest.mark.parametrize('attn', ['full', 'independent'])
 def test_show_draws_mdm_decoding_with_every_other_masked_cell_as_a_latent(capsys, attn):

@@ -174,7 +174,6 @@ def test_ordered_variant_ranks_the_givens_below_every_answer_cell(monkeypatch):
     assert len(set(rank[answer].tolist())) == int(answer.sum())          # no ties among answer cells
 
 
-
 def test_independent_share_trains_some_examples_as_sidm(monkeypatch):
     """--independent_share (ours): that share of examples ranks all its masked cells alike, so under
     semi_causal attention none sees another. At 1 the mask is SIDM's exactly, for the same noise;
@@ -199,6 +198,7 @@ def test_independent_share_trains_some_examples_as_sidm(monkeypatch):
     assert (as_sidm | as_before).all()                        # each row one or the other, ranks unchanged
     assert 16 < int((as_sidm & ~as_before).sum()) < 48        # about half of 64 changed
     assert torch.equal(masks['semi_causal', 'next draw'], masks['independent', 'next draw'])   # nothing more drawn
+
 
 def test_training_benchmark_measures_every_row(capsys):
     """`--bench` times the plain GPT (as nanoGPT writes it and with our attend), ours as AR and
