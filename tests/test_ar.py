@@ -7,7 +7,7 @@ from model import KVCache, ModelConfig, Transformer
 from sample import decode_ar, decode_ar_mtp
 from data import generate
 from tasks import MASK, get_task
-from train_ar_mtp import ARConfig, ar_loss, mtp_loss, objective, window_accuracy
+from train_ar_mtp import ARConfig, ar_loss, mtp_inputs, mtp_loss, objective, window_accuracy
 from train_mdlm import settings, train
 
 TASK = get_task('sudoku', size=4, givens=6, layout='prompt')
@@ -58,6 +58,37 @@ def test_dropping_positions_beyond_the_window_is_exact(attn):
     assert torch.allclose(short[:, :c + W], full[:, :c + W], atol=1e-5)
     out, stats = decode_ar_mtp(model, x, attn, window=W, use_cache=False)
     assert (out[:, c:] != MASK).all() and stats['positions'][0] < 16 * T
+
+
+class Recorder(torch.nn.Module):
+    """Runs the model and keeps every call's position ids and logits."""
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.cfg, self.calls = model, model.cfg, []
+
+    def forward(self, x, pos=None, **kw):
+        logits, ce = self.model(x, pos=pos, **kw)
+        self.calls.append((pos, logits))
+        return logits, ce
+
+
+@pytest.mark.parametrize('attn,window', [('prefix', -1), ('prefix', 3), ('causal_prefix', 3)])
+def test_each_decoding_step_runs_the_training_view_of_its_cut(attn, window):
+    """The step that decodes position c sees what training showed a cut at c (mtp_inputs: the
+    same ranks, the same window) on the tokens decoded before it: its logits at every position
+    it runs equal that view's, so a decoder that ranked or windowed differently fails here."""
+    model, x = model_and_batch()
+    spy = Recorder(model)
+    out, _ = decode_ar_mtp(spy, x, attn, window=window, use_cache=False)
+    answer, B, T = x == MASK, x.shape[0], x.shape[1]
+    start = int(answer[0].float().argmax())
+    assert len(spy.calls) == T - start
+    for c, (pos, logits) in zip(range(start, T), spy.calls):
+        prefix = 'full' if attn == 'prefix' else 'causal'
+        view, mask, _, _ = mtp_inputs(out, answer, torch.full((B, 1), c), window, prefix)
+        trained, _ = model(view, attn_mask=mask)
+        assert torch.equal(pos[0], torch.arange(min(T, c + (T if window < 0 else window))))
+        assert torch.allclose(logits, trained[:, :pos.shape[1]], atol=1e-5), f'step {c}'
 
 
 class Spy(torch.nn.Module):

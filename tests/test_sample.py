@@ -356,6 +356,21 @@ def test_confidence_scores_by_hand():
         score(probs, 'greedy', None)
 
 
+def test_choosing_positions_never_leaves_the_allowed_ones():
+    """pick_top and random_subset pick only allowed positions, m of them or all if fewer remain;
+    a pick outside them would commit a given or a decoded cell a second time."""
+    from sample import pick_top, random_subset
+    allowed = torch.tensor([[True, False, True, False, False], [False, False, False, False, True]])
+    scores = torch.tensor([[0.1, 0.9, 0.2, 0.8, 0.7], [0.5, 0.6, 0.7, 0.8, 0.1]])
+    assert pick_top(scores, allowed, 1).tolist() == [[False, False, True, False, False], [False] * 4 + [True]]
+    assert torch.equal(pick_top(scores, allowed, 3), allowed)          # fewer remain: all of them
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(random_subset(allowed, 0, gen), allowed)        # m <= 0: all of them
+    for _ in range(20):
+        one = random_subset(allowed, 1, gen)
+        assert one.sum(1).tolist() == [1, 1] and not (one & ~allowed).any()
+
+
 @pytest.mark.parametrize('order', ['top_prob', 'margin', 'entropy'])
 def test_confidence_orders_commit_the_most_confident_position(order):
     """One token per pass: the committed position is the masked one the order scores highest."""

@@ -3,7 +3,7 @@ import gzip, json, subprocess, sys, zipfile
 import numpy as np
 import pytest
 from data import TaskFormatError, generate, load_splits, make_splits, read_examples, write_examples
-from tasks import MASK, SEP, get_task, sudoku_solve
+from tasks import MASK, SEP, get_task, sudoku_propagate, sudoku_solve, sudoku_units
 
 CONFIGS = [('sudoku', dict(size=4, givens=6)), ('sudoku', dict(size=6, givens=14)),
            ('sudoku', dict(size=9, givens=30)), ('sudoku_gen', dict(size=6)),
@@ -95,6 +95,20 @@ def test_sudoku_verifier_accepts_any_valid_answer():
     given = next(i for i, c in enumerate(problem) if c != '.')
     other = [a for _, a in generate(get_task('sudoku_gen', size=4), 50, seed=2, workers=1) if a[given] != problem[given]]
     assert other and not task.verify(problem, other[0])  # valid grid but a given changed
+    assert not task.verify(empty, '1234234134124123')     # rows and columns right, a box twice 2
+    assert not task.verify(empty, '1234341212343412')     # rows and boxes right, a column twice 1
+
+
+def test_sudoku_logic_finds_hidden_singles():
+    """A digit that fits only one cell of a unit goes there even when that cell has other
+    candidates (a hidden single): without this rule the generator certifies fewer puzzles."""
+    n = 4
+    units, cell_units = sudoku_units(n)
+    cand = np.full((1, n * n), (1 << n) - 1)             # every digit possible everywhere
+    cand[0, 1:4] &= ~1                                    # ... except 1 in cells 1-3 of row 0
+    out = sudoku_propagate(cand, units, cell_units, n)
+    assert out[0, 0] == 1                                 # so cell 0 holds the 1
+    assert (out[0, [4, 5, 8, 12]] & 1 == 0).all()        # and leaves its column and box
 
 
 def test_zebra_puzzles_have_exactly_one_solution():
@@ -112,7 +126,8 @@ def test_countdown_verifier_rules():
     assert not task.verify(p, '80-58=22,22/11=2,83-2=80')   # wrong arithmetic
     assert not task.verify(p, '80-58=22,22-11=11,83-11=72')  # wrong final value
     assert not task.verify(p, '80+80=160,160-79=81')          # 80 used twice, 79 not given
-    assert not task.verify('7,2,3,9,5', '7/2=3,3+2=5')        # inexact division
+    assert task.verify('8,2,9,2,6', '8/2=4,4+2=6')
+    assert not task.verify('7,2,9,2,5', '7/2=3,3+2=5')        # inexact division (7 // 2 = 3)
     assert not task.verify(p, '')
 
 

@@ -3,7 +3,7 @@ import dataclasses, importlib, math, os
 import pytest
 import torch
 from utils import load_checkpoint
-from train_mdlm import TrainConfig, diffusion_loss, mdlm_loss, settings, train
+from train_mdlm import TrainConfig, diffusion_loss, lr_at, mdlm_loss, settings, train
 
 
 @pytest.mark.exercise(2)
@@ -14,6 +14,16 @@ def test_mdlm_loss_hand_computed():
     answer = torch.ones(2, 3, dtype=torch.bool)
     # (1/0.5 * (1 + 2) + 1/0.25 * 5) / 6 answer tokens
     assert mdlm_loss(ce, masked, t, answer).item() == pytest.approx((6 + 20) / 6)
+
+
+def test_learning_rate_schedule_by_hand():
+    """Linear warmup to the peak (the first step already above 0), then a cosine down to min_lr
+    at max_iters, where it stays; 'constant' keeps the peak after the warmup."""
+    cfg = TrainConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=4, max_iters=14)
+    assert [lr_at(i, cfg) for i in range(5)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    assert lr_at(9, cfg) == pytest.approx(1e-4 + 0.5 * 9e-4)          # halfway down the cosine
+    assert lr_at(14, cfg) == lr_at(99, cfg) == pytest.approx(1e-4)
+    assert lr_at(9, dataclasses.replace(cfg, lr_decay='constant')) == 1e-3
 
 
 class Uniform(torch.nn.Module):
