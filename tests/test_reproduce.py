@@ -188,6 +188,14 @@ def test_target_checks_fail_a_target_missed_on_one_seed():
         '**not met** (+20.0 / -25.0)'
     s['dial'][1]['per_seed'] = [0.00, 0.30]                     # a 6-point drop is not
     assert '**not met**' in [l for l in target_checks(s) if 'non-decreasing' in l][0]
+    # at the line a target is met, just past it not (on the seed past it)
+    s['models']['MDM (random)']['per_seed'], s['models']['SIDM (random)']['per_seed'] = [0.50, 0.60], [0.30, 0.403]
+    s['dial'] = dial('random', {'0': [0.25, 0.453], 'all': [0.40, 0.497], 'full': [0.50, 0.60],
+                                'independent': [0.30, 0.403]})
+    lines = dict(line.split(': ', 1) for line in target_checks(s))
+    assert lines['- C1, MDM minus SIDM in random order, at least +20'] == '**not met** (+20.0 / +19.7)'
+    assert lines['- C2 random, k=0 minus SIDM, within 5'] == 'met (-5.0 / +5.0)'
+    assert lines['- C2 random, k=all minus MDM, within 10'] == '**not met** (-10.0 / -10.3)'
 
 
 def test_calibration_follows_threshold_decoding_exactly(tmp_path, trained_semi_causal):

@@ -65,6 +65,15 @@ def test_same_seed_same_data_any_worker_count():
     assert a == b and generate(task, 600, seed=4, workers=1, chunk_size=256) != a
 
 
+def test_every_chunk_and_split_draws_its_own_examples():
+    """No chunk repeats another's draws and the splits come from different streams: a reused
+    stream would fill a large dataset with copies (make_splits then drops them and draws again)."""
+    task = get_task('path_star', degree=3, arm_length=4, n_nodes=30)      # repeats by chance: ~1e-10
+    train = generate(task, 40, seed=0, workers=1, chunk_size=8)
+    assert len(set(train)) == 40
+    assert not set(train) & set(generate(task, 40, seed=0, split='test', workers=1, chunk_size=8))
+
+
 def test_sudoku_layouts():
     (p, a), = generate(get_task('sudoku', size=4, givens=6), 1, seed=0, workers=1)
     inplace, prompt = get_task('sudoku', size=4, givens=6), get_task('sudoku', size=4, givens=6, layout='prompt')
@@ -169,6 +178,7 @@ def test_splits_share_no_example(name, options, tmp_path):
     assert [len(keys[k]) for k in ('train', 'val', 'test')] == [30, 10, 10]
     assert not keys['train'] & keys['test'] and not keys['train'] & keys['val'] and not keys['val'] & keys['test']
     assert load_splits(task, 30, 10, 10, seed=0, data_dir=str(tmp_path)) == splits   # the cache
+    assert load_splits(task, 30, 10, 10, seed=1, data_dir=str(tmp_path)) != splits   # keyed by the seed too
 
 
 @pytest.mark.parametrize('name,options', CONFIGS)

@@ -73,9 +73,10 @@ def test_tiny_semi_causal_model_learns_4x4_sudoku(trained_semi_causal):
 
 
 def test_resume_reaches_the_same_state(tmp_path):
-    straight = tiny(tmp_path / 'a', max_iters=20, eval_interval=10, lr_decay='constant', eval_n=8)
+    # dropout draws from torch's global generator: the checkpoint must carry its state too
+    straight = tiny(tmp_path / 'a', max_iters=20, eval_interval=10, lr_decay='constant', eval_n=8, dropout=0.1)
     train(straight, quiet=True)
-    first = tiny(tmp_path / 'b', max_iters=10, eval_interval=10, lr_decay='constant', eval_n=8)
+    first = tiny(tmp_path / 'b', max_iters=10, eval_interval=10, lr_decay='constant', eval_n=8, dropout=0.1)
     train(first, quiet=True)                                  # "killed" after step 10
     train(dataclasses.replace(first, max_iters=20, resume=True), quiet=True)
     _, a = load_checkpoint(f'{tmp_path}/a/out/ckpt.pt')
@@ -85,6 +86,16 @@ def test_resume_reaches_the_same_state(tmp_path):
         assert torch.equal(a['model'][k], b['model'][k]), k
     for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
         assert torch.equal(sa['exp_avg'], sb['exp_avg']) and torch.equal(sa['exp_avg_sq'], sb['exp_avg_sq'])
+
+
+def test_evaluating_changes_nothing_in_training(tmp_path):
+    """Validation draws its batches and noise from its own generator: a run evaluated every 5
+    steps ends with the weights of one evaluated only at the end."""
+    runs = [tiny(tmp_path / str(every), max_iters=10, eval_interval=every, eval_n=4) for every in (5, 10)]
+    for cfg in runs:
+        train(cfg, quiet=True)
+    a, b = (load_checkpoint(f'{cfg.out_dir}/ckpt.pt')[1]['model'] for cfg in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_unknown_setting_lists_valid_ones():
