@@ -98,6 +98,14 @@ def trimmed_mask(mask, valid, kept=None):
     return mask
 
 
+def check_commit(commit, masked):
+    """Each pass commits only masked positions, and at least one in every row that has some: a
+    decoder (or an exercise's commit rule) that broke this would overwrite a given, or never end."""
+    if ((commit & ~masked).any(1) | ((commit & masked).any(1) != masked.any(1))).any():
+        raise RuntimeError('a decoding pass committed a position that was not masked, or none in a row '
+                           'that still had some: the decoder would overwrite a given or never finish')
+
+
 def commit_rule(probs, candidates, order, tokens_per_step, threshold, gen):
     """Which candidates to commit this pass: the `tokens_per_step` best by `order`, plus, with a
     threshold, every candidate whose top probability is at least it (Fast-dLLM's rule)."""
@@ -154,6 +162,7 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
             seen = masked[0] if sees is None else sees[0][commit[0]].any(0)
             trace.append(dict(latent=masked[0] & ~commit[0] & seen, commit=commit[0].clone(), x=x[0].clone(),
                               guess=token[0].clone(), sure=probs[0].amax(-1)))
+        check_commit(commit, masked)
         x = torch.where(commit, token, x)
         nfe += active; positions += active * ran
     return x, dict(nfe=nfe, positions=positions)
@@ -255,6 +264,7 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
             sure = probs.new_zeros(T).scatter_(0, idx[0], probs[0].amax(-1))   # row 0's, at its positions
             trace.append(dict(latent=latent[0].clone(), commit=commit[0].clone(), x=x[0].clone(), guess=new[0].clone(),
                               sure=sure))
+        check_commit(commit, masked)
         x = torch.where(commit, new, x)
         if ordered:   # distinct ranks within a pass too: in training no two clean positions share one
             decoded_rank = torch.where(commit, n_pass + torch.rand(B, T, generator=gen, device=dev), decoded_rank)

@@ -451,16 +451,21 @@ def bench(cfg, steps=60, warmup=3):
     ours_autograd_rms = norms_replaced(lambda: torch.nn.RMSNorm(cfg.n_embd))
     runs['ours, causal, LayerNorm'] = (ours_ln, causal_loss)
     runs['ours, causal, autograd RMSNorm'] = (ours_autograd_rms, causal_loss)
-    # ... and with no rotation (what rotary embeddings cost; nanoGPT has none). The copy keeps
-    # q and k laid out as the rotation leaves them, so only the rotation's arithmetic is missing
+    # ... with no rotation (what rotary embeddings cost; nanoGPT has none; the copy keeps q and k
+    # laid out as the rotation leaves them, so only the rotation's arithmetic is missing), and
+    # with the rotation's backward left to autograd (what model.RotaryFunction saves)
     import model as model_py                      # Attention.forward looks rotary up here
-    def no_rotary_loss(m):
-        saved, model_py.rotary = model_py.rotary, lambda x, cos, sin: x.contiguous()
-        try:
-            return causal_loss(m)
-        finally:
-            model_py.rotary = saved
-    runs['ours, causal, no rotary'] = (ours, no_rotary_loss)
+    def rotary_replaced(replacement):
+        def loss(m):
+            saved, model_py.rotary = model_py.rotary, replacement
+            try:
+                return causal_loss(m)
+            finally:
+                model_py.rotary = saved
+        return loss
+    runs['ours, causal, no rotary'] = (ours, rotary_replaced(lambda x, cos, sin: x.contiguous()))
+    runs['ours, causal, autograd rotary'] = (ours, rotary_replaced(
+        lambda x, cos, sin: model_py.rotate(x, cos.to(x.dtype), sin.to(x.dtype))))
     if dtype != 'float32':                          # does autocast pay on this machine? measure it
         def float32_loss(m):
             with torch.autocast(device.split(':')[0], enabled=False):

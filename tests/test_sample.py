@@ -356,6 +356,22 @@ def test_confidence_scores_by_hand():
         score(probs, 'greedy', None)
 
 
+@pytest.mark.parametrize('decode', ['mdm', 'latent'])
+@pytest.mark.parametrize('broken', ['commits nothing', 'commits a given'])
+def test_a_commit_rule_that_breaks_the_rules_is_an_error_not_a_hang(decode, broken, monkeypatch):
+    """A commit rule (exercise 7) that commits nothing would loop forever, one that commits a
+    clean position would overwrite a given: both stop at the first pass with an error."""
+    _, x = puzzles(2)
+    def rule(probs, candidates, *args):
+        return torch.zeros_like(candidates) if broken == 'commits nothing' else torch.ones_like(candidates)
+    monkeypatch.setattr(sample, 'commit_rule', rule)
+    with pytest.raises(RuntimeError, match='overwrite a given or never finish'):
+        if decode == 'mdm':
+            decode_mdm(tiny_model(), x, 'full')
+        else:
+            decode_latent(tiny_model(), x, order='top_prob', n_latent=1)
+
+
 def test_choosing_positions_never_leaves_the_allowed_ones():
     """pick_top and random_subset pick only allowed positions, m of them or all if fewer remain;
     a pick outside them would commit a given or a decoded cell a second time."""
