@@ -97,8 +97,10 @@ def rotary_cos_sin(pos, head_dim, base=10000.0):
 
 
 def rotate(x, cos, sin):
-    """Rotate channel i with channel i + D/2 of x [..., T, D] by the angles (rotate-half form)."""
+    """Rotate channel i with channel i + D/2 of x [..., T, D] by the angles (rotate-half form),
+    in x's dtype."""
     x1, x2 = x.chunk(2, -1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
 
 
@@ -123,8 +125,7 @@ def rotary(x, cos, sin):
     """RoPE on x [..., T, D]. Eager on a CPU through RotaryFunction; compiled (where the compiler
     fuses the formula and its backward itself, and where the Function once broke a compiled run)
     and on GPUs (not measured there) through the formula and autograd."""
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    if x.device.type == 'cpu' and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    if x.device.type == 'cpu' and not torch.compiler.is_compiling():
         return RotaryFunction.apply(x, cos, sin)
     return rotate(x, cos, sin)
 

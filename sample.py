@@ -98,12 +98,16 @@ def trimmed_mask(mask, valid, kept=None):
     return mask
 
 
-def check_commit(commit, masked):
-    """Each pass commits only masked positions, and at least one in every row that has some: a
-    decoder (or an exercise's commit rule) that broke this would overwrite a given, or never end."""
-    if ((commit & ~masked).any(1) | ((commit & masked).any(1) != masked.any(1))).any():
-        raise RuntimeError('a decoding pass committed a position that was not masked, or none in a row '
-                           'that still had some: the decoder would overwrite a given or never finish')
+BROKEN_COMMIT = ('a decoding pass committed a position that was not masked, or none in a row that still had '
+                 'some: the decoder would overwrite a given or never finish')
+
+
+def check_givens_kept(x_in, x):
+    """A decoder commits masked positions only: one (or an exercise's commit rule) that committed a
+    clean one would have overwritten a given. Checked once, at the end. (Committing none in a row
+    would loop forever: the decoders stop after as many passes as positions.)"""
+    if ((x != x_in) & (x_in != MASK)).any():
+        raise RuntimeError(BROKEN_COMMIT)
 
 
 def commit_rule(probs, candidates, order, tokens_per_step, threshold, gen):
@@ -131,7 +135,7 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
     kept keys/values, which miss what changed since they were computed: the cells committed
     since and, under full attention, where clean cells see masked ones, every masked cell's
     state. 0 = no cache. r = 1 is the uncached decoder exactly: every pass runs everything."""
-    x = x.clone()
+    x_in, x = x, x.clone()
     B, T = x.shape
     nfe = torch.zeros(B, device=x.device); positions = torch.zeros(B, device=x.device)
     cache, kept, n_pass = None, None, 0     # kept [B, T]: clean positions whose keys/values are kept
@@ -139,6 +143,7 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
         masked = x == MASK
         active = masked.any(1)
         if not active.any(): break
+        if n_pass == T: raise RuntimeError(BROKEN_COMMIT)     # each pass commits one: T passes at most
         if refresh_due(cache_refresh, n_pass):
             cache = KVCache(model.cfg.n_layer) if cache_refresh != 0 else None
             logits, _ = model(x, attn_mask=attention_mask(attn, masked), cache=cache)
@@ -162,9 +167,9 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
             seen = masked[0] if sees is None else sees[0][commit[0]].any(0)
             trace.append(dict(latent=masked[0] & ~commit[0] & seen, commit=commit[0].clone(), x=x[0].clone(),
                               guess=token[0].clone(), sure=probs[0].amax(-1)))
-        check_commit(commit, masked)
         x = torch.where(commit, token, x)
         nfe += active; positions += active * ran
+    check_givens_kept(x_in, x)
     return x, dict(nfe=nfe, positions=positions)
 
 
@@ -202,7 +207,7 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
     if every_candidate and k_all:
         raise ValueError("n_candidates=0 makes every masked position outside the latents a candidate, so "
                          "n_latent='all' would leave none to decode: give n_latent a count")
-    x = x.clone()
+    x_in, x = x, x.clone()
     B, T = x.shape
     dev = x.device
     nfe = torch.zeros(B, device=dev); positions = torch.zeros(B, device=dev)
@@ -214,6 +219,7 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
         remaining = masked.sum(1)
         active = remaining > 0
         if not active.any(): break
+        if n_pass == T: raise RuntimeError(BROKEN_COMMIT)     # each pass commits one: T passes at most
         # a random order of the masked positions: its first slots become D / C, the next L
         slot = torch.rand(B, T, generator=gen, device=dev).masked_fill(~masked, 2.0).argsort(1).argsort(1)
         n_front = torch.full_like(remaining, tokens_per_step if order == 'random' else n_candidates)
@@ -264,11 +270,11 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
             sure = probs.new_zeros(T).scatter_(0, idx[0], probs[0].amax(-1))   # row 0's, at its positions
             trace.append(dict(latent=latent[0].clone(), commit=commit[0].clone(), x=x[0].clone(), guess=new[0].clone(),
                               sure=sure))
-        check_commit(commit, masked)
         x = torch.where(commit, new, x)
         if ordered:   # distinct ranks within a pass too: in training no two clean positions share one
             decoded_rank = torch.where(commit, n_pass + torch.rand(B, T, generator=gen, device=dev), decoded_rank)
         nfe += active; positions += active * valid.sum(1)
+    check_givens_kept(x_in, x)
     return x, dict(nfe=nfe, positions=positions)
 
 

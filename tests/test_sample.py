@@ -360,7 +360,8 @@ def test_confidence_scores_by_hand():
 @pytest.mark.parametrize('broken', ['commits nothing', 'commits a given'])
 def test_a_commit_rule_that_breaks_the_rules_is_an_error_not_a_hang(decode, broken, monkeypatch):
     """A commit rule (exercise 7) that commits nothing would loop forever, one that commits a
-    clean position would overwrite a given: both stop at the first pass with an error."""
+    clean position would overwrite a given: both stop with an error (after as many passes as
+    positions, or at the end of decoding), neither hangs nor returns an answer."""
     _, x = puzzles(2)
     def rule(probs, candidates, *args):
         return torch.zeros_like(candidates) if broken == 'commits nothing' else torch.ones_like(candidates)
