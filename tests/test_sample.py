@@ -366,11 +366,14 @@ def test_a_commit_rule_that_breaks_the_rules_is_an_error_not_a_hang(decode, brok
     def rule(probs, candidates, *args):
         return torch.zeros_like(candidates) if broken == 'commits nothing' else torch.ones_like(candidates)
     monkeypatch.setattr(sample, 'commit_rule', rule)
-    with pytest.raises(RuntimeError, match='overwrite a given or never finish'):
+    with pytest.raises(RuntimeError) as error:
         if decode == 'mdm':
             decode_mdm(tiny_model(), x, 'full')
         else:
             decode_latent(tiny_model(), x, order='top_prob', n_latent=1)
+    if isinstance(error.value, NotImplementedError):    # a RuntimeError too: an unsolved exercise,
+        raise error.value                               # which conftest reports as a skip
+    assert 'overwrite a given or never finish' in str(error.value)
 
 
 def test_choosing_positions_never_leaves_the_allowed_ones():
