@@ -96,38 +96,14 @@ def rotary_cos_sin(pos, head_dim, base=10000.0):
     return angle.cos(), angle.sin()
 
 
-def rotate(x, cos, sin):
-    """Rotate channel i with channel i + D/2 of x [..., T, D] by the angles (rotate-half form),
-    in x's dtype."""
+def rotary(x, cos, sin):
+    """RoPE on x [..., T, D]: rotate channel i with channel i + D/2 by the angles (rotate-half
+    form), in x's dtype. Autograd writes the backward. (A hand-written one, the rotation by minus
+    the angles, was tried: 1.03x eagerly on an AVX2 CPU, 0.98x on an AMX one, and a compiled run
+    broke; results/benchmarks.md.)"""
     x1, x2 = x.chunk(2, -1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
-
-
-class RotaryFunction(torch.autograd.Function):
-    """rotate() with its backward written out: a rotation's inverse is the rotation by minus the
-    angles, so dL/dx = rotate(dL/dy, cos, -sin): one pass over the gradient, and only cos and sin
-    kept for it, where autograd keeps and walks every product. The same numbers bit for bit (each
-    product rounded alone, as autograd rounds them); why it exists: tests/test_model.py and
-    `python train_mdlm.py --bench` (row 'autograd rotary')."""
-    @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return rotate(x, cos, sin)
-
-    @staticmethod
-    def backward(ctx, g):
-        cos, sin = ctx.saved_tensors
-        return rotate(g, cos, -sin), None, None
-
-
-def rotary(x, cos, sin):
-    """RoPE on x [..., T, D]. Eager on a CPU through RotaryFunction; compiled (where the compiler
-    fuses the formula and its backward itself, and where the Function once broke a compiled run)
-    and on GPUs (not measured there) through the formula and autograd."""
-    if x.device.type == 'cpu' and not torch.compiler.is_compiling():
-        return RotaryFunction.apply(x, cos, sin)
-    return rotate(x, cos, sin)
 
 
 def attend(q, k, v, attn_mask, is_causal, dropout_p):

@@ -452,8 +452,7 @@ def bench(cfg, steps=60, warmup=3):
     runs['ours, causal, LayerNorm'] = (ours_ln, causal_loss)
     runs['ours, causal, autograd RMSNorm'] = (ours_autograd_rms, causal_loss)
     # ... with no rotation (what rotary embeddings cost; nanoGPT has none; the copy keeps q and k
-    # laid out as the rotation leaves them, so only the rotation's arithmetic is missing), and
-    # with the rotation's backward left to autograd (what model.RotaryFunction saves)
+    # laid out as the rotation leaves them, so only the rotation's arithmetic is missing)
     import model as model_py                      # Attention.forward looks rotary up here
     def rotary_replaced(replacement):
         def loss(m):
@@ -464,7 +463,6 @@ def bench(cfg, steps=60, warmup=3):
                 model_py.rotary = saved
         return loss
     runs['ours, causal, no rotary'] = (ours, rotary_replaced(lambda x, cos, sin: x.contiguous()))
-    runs['ours, causal, autograd rotary'] = (ours, rotary_replaced(model_py.rotate))
     if dtype != 'float32':                          # does autocast pay on this machine? measure it
         def float32_loss(m):
             with torch.autocast(device.split(':')[0], enabled=False):

@@ -2,7 +2,7 @@
 import itertools
 import pytest
 import torch
-from model import ModelConfig, RMSNorm, RMSNormFunction, Transformer, attend, attention_mask, rotary, rotary_cos_sin, rotate
+from model import ModelConfig, RMSNorm, RMSNormFunction, Transformer, attend, attention_mask
 
 torch.manual_seed(0)
 V, T = 12, 9
@@ -163,35 +163,6 @@ def test_rms_norm_backward_written_out_matches_autograd():
         y.backward(g)
     torch.testing.assert_close(xs[0].grad, xs[1].grad)
     torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
-
-
-@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
-def test_rotary_backward_written_out_equals_autograd_bit_for_bit(dtype, monkeypatch):
-    """RotaryFunction (eager, CPU) gives the formula's outputs and gradients exactly, for the
-    rotation alone and for a whole model's loss: switching it in moved no training run."""
-    import model as model_py
-    torch.manual_seed(0)
-    x = torch.randn(2, 2, 3, 5, 8, dtype=dtype)
-    cos, sin = rotary_cos_sin(torch.tensor([[3, 0, 7, 1, 2]]), 8)
-    g = torch.randn(2, 2, 3, 5, 8, dtype=dtype)
-    ours, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y = rotary(ours, cos, sin)
-    assert type(y.grad_fn).__name__ == 'RotaryFunctionBackward'           # the written-out backward ran
-    y_ref = rotate(ref, cos, sin)
-    (y * g).sum().backward(); (y_ref * g).sum().backward()
-    assert torch.equal(y, y_ref) and torch.equal(ours.grad, ref.grad)
-    grads = []
-    for replace in (False, True):
-        if replace:
-            monkeypatch.setattr(model_py, 'rotary', rotate)
-        model = tiny().train()
-        ids = torch.randint(3, V, (4, T))
-        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            _, ce = model(ids, attn_mask=attention_mask('semi_causal', MASKED.expand(4, -1), RANK.expand(4, -1)),
-                          targets=ids)
-        ce.mean().backward()
-        grads.append([p.grad.clone() for p in model.parameters()])
-    assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
 def test_bf16_autocast_stays_close_to_fp32():
