@@ -2,7 +2,7 @@
 import itertools
 import pytest
 import torch
-from model import ModelConfig, RMSNorm, RMSNormFunction, Transformer, attend, attention_mask
+from model import ModelConfig, RMSNorm, RMSNormFunction, Transformer, attend, attention_mask, rotary, rotary_cos_sin
 
 torch.manual_seed(0)
 V, T = 12, 9
@@ -123,6 +123,20 @@ def test_absolute_positions_follow_position_ids():
     if x[0, 0] != x[0, 3]:
         swapped, _ = model(x2)
         assert not torch.allclose(swapped[0, 5], base[0, 5], atol=1e-4)
+
+
+def test_rotary_is_a_rotation_by_position():
+    """RoPE's two properties: it keeps each vector's length, and the score of a rotated query with
+    a rotated key depends on their positions only through the offset between them."""
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 16, dtype=torch.float64).unbind(0)
+    def rotated(x, p):
+        cos, sin = rotary_cos_sin(torch.tensor([[p]]), 16)
+        return rotary(x.view(1, 1, 1, 16), cos.double(), sin.double()).view(16)
+    assert torch.allclose(rotated(q, 5).norm(), q.norm())
+    score = lambda pq, pk: rotated(q, pq) @ rotated(k, pk)
+    assert torch.allclose(score(7, 3), score(4, 0)) and torch.allclose(score(2, 9), score(10, 17))
+    assert not torch.allclose(score(7, 3), score(3, 7))          # the offset's sign matters
 
 
 def test_our_cpu_attention_equals_pytorchs():
