@@ -320,6 +320,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
         batch, batch_answer = ids[idx], answer_mask[idx]
         noise = gen.get_state()
         optimizer.zero_grad(set_to_none=True)
+        reported = torch.zeros(2, device=device)        # the batch's loss and ce, for the log
         for a in range(cfg.grad_accum):                 # this process's rows, in grad_accum pieces
             gen.set_state(noise)                        # each piece draws the same global noise
             first = (rank * cfg.grad_accum + a) * micro
@@ -327,6 +328,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
             with autocast(device, dtype):
                 loss, ce = loss_fn(step_model, batch, batch_answer, cfg, gen, slice(first, first + micro))
             scaler.scale(loss / cfg.grad_accum).backward()
+            reported += torch.stack([loss.detach(), ce.detach()]).float() / (cfg.grad_accum * world)
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         # Stop before a bad step touches the weights (one check, one sync): a non-finite loss or,
@@ -343,10 +345,14 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
             with torch.no_grad():
                 for e, p in zip(ema_model.parameters(), model.parameters()): e.lerp_(p, 1 - cfg.ema)
         tokens += ids.shape[1] * cfg.batch_size
+        evaluating = (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_iters
+        if step % 10 == 0 or evaluating:
+            if world > 1: dist.all_reduce(reported)     # the whole batch's, not rank 0's rows'
+            batch_loss, batch_ce = reported.tolist()
         if step % 10 == 0:
-            bar.set_postfix(loss=f'{loss.item():.4f}', ce=f'{ce.item():.4f}', lr=f'{lr:.1e}',
+            bar.set_postfix(loss=f'{batch_loss:.4f}', ce=f'{batch_ce:.4f}', lr=f'{lr:.1e}',
                             tok_s=f'{tokens / (time.time() - t0):.0f}', val_acc=metrics.get('val_accuracy', '-'))
-        if rank != 0 or ((step + 1) % cfg.eval_interval != 0 and step + 1 != cfg.max_iters):
+        if rank != 0 or not evaluating:
             continue
         # evaluate: validation loss on fixed batches, then solve accuracy on eval_n val puzzles
         step += 1                                       # the checkpoint holds the *next* step
@@ -359,7 +365,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
         acc = evaluate(eval_model, task, splits['val'][:cfg.eval_n], attn, decoder, device=device, dtype=dtype)
         model.train()
         metrics = dict(step=step, val_loss=sum(val_losses) / len(val_losses), val_accuracy=acc['accuracy'],
-                       train_loss=loss.item())
+                       train_loss=batch_loss)
         history.append(metrics)
         rng = dict(gen=gen.get_state(), torch=torch.get_rng_state())
         if device.startswith('cuda'): rng['cuda'] = torch.cuda.get_rng_state()

@@ -1,5 +1,5 @@
 """Data-parallel training under torchrun (CPU, gloo, 2 processes): the same global batch and seed
-give the same run as one process, checkpoints move between the two, gradient accumulation of
+give the same run (and log the same training loss) as one process, checkpoints move between the two, gradient accumulation of
 2 x 32 equals one batch of 64, and bad set-ups fail clearly."""
 import dataclasses, os, subprocess, sys
 import pytest
@@ -22,6 +22,8 @@ def run(tmp_path, name, nproc, *extra):
 
 def close(a, b, rel=1e-4):
     assert a['metrics']['val_loss'] == pytest.approx(b['metrics']['val_loss'], rel=rel)
+    # the logged training loss is the whole batch's, not the last piece's or rank 0's rows'
+    assert a['metrics']['train_loss'] == pytest.approx(b['metrics']['train_loss'], rel=rel)
     for k in a['model']:
         assert torch.allclose(a['model'][k], b['model'][k], rtol=1e-3, atol=1e-5), k
 
