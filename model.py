@@ -97,10 +97,9 @@ def rotary_cos_sin(pos, head_dim, base=10000.0):
 
 
 def rotary(x, cos, sin):
-    """RoPE on x [..., T, D]: rotate channel i with channel i + D/2 by the angles (rotate-half
-    form), in x's dtype. Autograd writes the backward. (A hand-written one, the rotation by minus
-    the angles, was tried: 1.03x eagerly on an AVX2 CPU, 0.98x on an AMX one, and a compiled run
-    broke; results/benchmarks.md.)"""
+    """Rotate channel i with channel i + D/2 of x [..., T, D] by the angles (rotate-half form),
+    in x's dtype. Autograd's backward: a hand-written one gained nothing that lasted
+    (results/benchmarks.md)."""
     x1, x2 = x.chunk(2, -1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)

@@ -320,7 +320,9 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
         batch, batch_answer = ids[idx], answer_mask[idx]
         noise = gen.get_state()
         optimizer.zero_grad(set_to_none=True)
-        reported = torch.zeros(2, device=device)        # the batch's loss and ce, for the log
+        evaluating = (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_iters
+        logs = step % 10 == 0 or evaluating
+        reported = torch.zeros(2, device=device)        # the batch's loss and ce, on logging steps
         for a in range(cfg.grad_accum):                 # this process's rows, in grad_accum pieces
             gen.set_state(noise)                        # each piece draws the same global noise
             first = (rank * cfg.grad_accum + a) * micro
@@ -328,7 +330,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
             with autocast(device, dtype):
                 loss, ce = loss_fn(step_model, batch, batch_answer, cfg, gen, slice(first, first + micro))
             scaler.scale(loss / cfg.grad_accum).backward()
-            reported += torch.stack([loss.detach(), ce.detach()]).float() / (cfg.grad_accum * world)
+            if logs: reported += torch.stack([loss.detach(), ce.detach()]).float() / (cfg.grad_accum * world)
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         # Stop before a bad step touches the weights (one check, one sync): a non-finite loss or,
@@ -345,8 +347,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
             with torch.no_grad():
                 for e, p in zip(ema_model.parameters(), model.parameters()): e.lerp_(p, 1 - cfg.ema)
         tokens += ids.shape[1] * cfg.batch_size
-        evaluating = (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_iters
-        if step % 10 == 0 or evaluating:
+        if logs:
             if world > 1: dist.all_reduce(reported)     # the whole batch's, not rank 0's rows'
             batch_loss, batch_ce = reported.tolist()
         if step % 10 == 0:
@@ -457,18 +458,16 @@ def bench(cfg, steps=60, warmup=3):
     ours_autograd_rms = norms_replaced(lambda: torch.nn.RMSNorm(cfg.n_embd))
     runs['ours, causal, LayerNorm'] = (ours_ln, causal_loss)
     runs['ours, causal, autograd RMSNorm'] = (ours_autograd_rms, causal_loss)
-    # ... with no rotation (what rotary embeddings cost; nanoGPT has none; the copy keeps q and k
-    # laid out as the rotation leaves them, so only the rotation's arithmetic is missing)
+    # ... and with no rotation (what rotary embeddings cost; nanoGPT has none). The copy keeps
+    # q and k laid out as the rotation leaves them, so only the rotation's arithmetic is missing
     import model as model_py                      # Attention.forward looks rotary up here
-    def rotary_replaced(replacement):
-        def loss(m):
-            saved, model_py.rotary = model_py.rotary, replacement
-            try:
-                return causal_loss(m)
-            finally:
-                model_py.rotary = saved
-        return loss
-    runs['ours, causal, no rotary'] = (ours, rotary_replaced(lambda x, cos, sin: x.contiguous()))
+    def no_rotary_loss(m):
+        saved, model_py.rotary = model_py.rotary, lambda x, cos, sin: x.contiguous()
+        try:
+            return causal_loss(m)
+        finally:
+            model_py.rotary = saved
+    runs['ours, causal, no rotary'] = (ours, no_rotary_loss)
     if dtype != 'float32':                          # does autocast pay on this machine? measure it
         def float32_loss(m):
             with torch.autocast(device.split(':')[0], enabled=False):

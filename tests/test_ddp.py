@@ -1,6 +1,6 @@
 """Data-parallel training under torchrun (CPU, gloo, 2 processes): the same global batch and seed
-give the same run (and log the same training loss) as one process, checkpoints move between the two, gradient accumulation of
-2 x 32 equals one batch of 64, and bad set-ups fail clearly."""
+give the same run (and log the same training loss) as one process, checkpoints move between the
+two, gradient accumulation of 2 x 32 equals one batch of 64, and bad set-ups fail clearly."""
 import dataclasses, os, subprocess, sys
 import pytest
 import torch

@@ -223,7 +223,7 @@ def test_independent_share_trains_some_examples_as_sidm(monkeypatch):
 
 def test_training_benchmark_measures_every_row(capsys):
     """`--bench` times the plain GPT (as nanoGPT writes it and with our attend), ours as AR and
-    as each diffusion model, ours with LayerNorm, with PyTorch's RMSNorm (autograd backward),
+    as each diffusion model, ours with LayerNorm, with PyTorch's RMSNorm (autograd backward) and
     without rotary embeddings and, under bf16 autocast, ours in float32; each row a positive
     tokens/s, printed as a ratio to the plain GPT, and the like-for-like ratio."""
     import model
@@ -233,10 +233,9 @@ def test_training_benchmark_measures_every_row(capsys):
     assert do_bench
     tokens_per_s = bench(cfg, steps=1)
     expected = {'plain GPT (causal)', 'plain GPT, our attend', 'ours, causal', 'ours, causal, LayerNorm',
-                'ours, causal, autograd RMSNorm', 'ours, causal, no rotary',
-                'ours, causal, float32', *(f'ours, {a}' for a in DIFFUSION_ATTNS)}
+                'ours, causal, autograd RMSNorm', 'ours, causal, no rotary', 'ours, causal, float32', *(f'ours, {a}' for a in DIFFUSION_ATTNS)}
     assert set(tokens_per_s) == expected and all(v > 0 for v in tokens_per_s.values())
-    assert model.rotary is rotary                   # the 'no rotary' row puts it back
+    assert model.rotary is rotary                                   # the 'no rotary' row put it back
     out = capsys.readouterr().out
     assert all(name in out for name in expected) and '1.00x plain GPT (1.00-1.00)' in out
     assert 'like for like, ours causal / plain GPT with our attend' in out
