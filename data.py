@@ -56,7 +56,8 @@ def read_examples(task, path, skip_bad=False, limit=None):
     """Read a file in the task's format -> list of (problem, answer or None), the first `limit`
     of them (all if None; lines after the limit are not checked).
     A bad line raises TaskFormatError('path:line: reason'); with skip_bad=True bad lines are
-    skipped and returned as a list of messages: (examples, errors)."""
+    skipped and returned as a list of messages: (examples, errors). A file with no example to read
+    raises TaskFormatError too."""
     examples, errors = [], []
     lines = read_lines(path)
     header = next(csv.reader(lines[:1]), [])
@@ -85,6 +86,10 @@ def read_examples(task, path, skip_bad=False, limit=None):
             msg = f'{path}:{lineno}: {e}'
             if not skip_bad: raise TaskFormatError(msg) from None
             errors.append(msg)
+    if not examples:     # not a 0-of-0 score: an empty or all-malformed file is a mistake to report
+        why = f'no line could be read ({len(errors)} malformed; the first: {errors[0]})' if errors else \
+              'it has no examples (only blank or # lines)'
+        raise TaskFormatError(f'{path}: {why}')
     return (examples, errors) if skip_bad else examples
 
 GRID_TITLE = re.compile(r'(grid|puzzle|sudoku)\b', re.IGNORECASE)     # 'Grid 01' (Project Euler 96)

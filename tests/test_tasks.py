@@ -317,3 +317,21 @@ def test_bad_options_are_clear_errors():
         get_task('sudoku', sizes=9)
     with pytest.raises(ValueError, match='choose from'):
         get_task('chess')
+
+
+def test_a_file_with_nothing_to_read_is_an_error_not_a_zero_score(tmp_path):
+    """An empty file, or one whose lines are all malformed, is a mistake to report (before: '0 of 0
+    solved (0.0%)', and `sample.py --show` failed with an IndexError)."""
+    task = get_task('sudoku', size=6)
+    path = tmp_path / 'none.txt'
+    for text in ('', '\n# only a comment\n\n'):
+        path.write_text(text)
+        for skip_bad in (False, True):
+            with pytest.raises(TaskFormatError, match='none.txt: it has no examples'):
+                read_examples(task, str(path), skip_bad=skip_bad)
+    path.write_text('garbage\n12\n')
+    with pytest.raises(TaskFormatError, match=r'none.txt: no line could be read \(2 malformed; the first: .*none.txt:1: '):
+        read_examples(task, str(path), skip_bad=True)
+    r = subprocess.run([sys.executable, 'data.py', '--task=sudoku', '--size=6', f'--check={path}', '--skip_bad'],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and 'no line could be read' in r.stderr and 'Traceback' not in r.stderr
