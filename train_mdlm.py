@@ -151,6 +151,18 @@ def check_settings(cfg):
             raise SystemExit(f'error: {why}')
 
 
+def check_out_dir(out_dir):
+    """A folder checkpoints cannot go to is an error now, not at the first checkpoint after minutes of
+    training. Nothing is created: the nearest existing folder on the path must be writable."""
+    path = os.path.abspath(out_dir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise SystemExit(f'error: out_dir {out_dir!r} cannot hold checkpoints: {path} is a file')
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SystemExit(f'error: out_dir {out_dir!r} cannot hold checkpoints: {path} is not writable')
+
+
 # ----------------------------------------------------------------------------------------------
 # The masked diffusion loss (MDLM, Sahoo et al. 2024), log-linear schedule alpha_t = 1 - t:
 #
@@ -245,6 +257,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
     if attn not in ATTNS:
         raise SystemExit(f'error: unknown attn {attn!r}; choose from {ATTNS}')
     check_settings(cfg)
+    check_out_dir(cfg.out_dir)
     decoder = decoder or default_decoder(attn)
     device, dtype, use_compile = resolve_system(cfg.device, cfg.dtype, cfg.compile)
     rank, world, device, joined = setup_ddp(device)
@@ -363,7 +376,8 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
             val_losses = [float(loss_fn(eval_model, val_ids[i], val_answer[i], cfg, g)[0]) for i in
                           (torch.randint(len(val_ids), (cfg.batch_size,), generator=g, device=device)
                            for _ in range(cfg.eval_iters))]
-        acc = evaluate(eval_model, task, splits['val'][:cfg.eval_n], attn, decoder, device=device, dtype=dtype)
+        eval_examples = splits['val'][:cfg.eval_n]        # eval_n, or every one when n_val is smaller
+        acc = evaluate(eval_model, task, eval_examples, attn, decoder, device=device, dtype=dtype)
         model.train()
         metrics = dict(step=step, val_loss=sum(val_losses) / len(val_losses), val_accuracy=acc['accuracy'],
                        train_loss=batch_loss)
@@ -377,7 +391,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
         save_checkpoint(ckpt_path, **state)
         if not quiet:
             tqdm.write(f'step {step}: val loss {metrics["val_loss"]:.4f}, '
-                       f'val solve accuracy {metrics["val_accuracy"]:.1%} ({cfg.eval_n} puzzles)')
+                       f'val solve accuracy {metrics["val_accuracy"]:.1%} ({len(eval_examples)} puzzles)')
     bar.close()
     if world > 1:                                       # every rank returns rank 0's metrics
         shared = [metrics]

@@ -169,6 +169,23 @@ def test_settings_that_mean_nothing_or_have_bad_values_are_refused(script, args,
     assert not os.listdir(tmp_path)
 
 
+def test_an_out_dir_that_cannot_hold_checkpoints_is_refused_before_any_work(tmp_path, monkeypatch):
+    """Was: the data made and the model trained, then a FileExistsError traceback at the first
+    checkpoint. Now refused at once, and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'taken').write_text('a file, not a folder')
+    for out_dir in ('taken', 'taken/run1'):
+        with pytest.raises(SystemExit, match=f"out_dir '{out_dir}' cannot hold checkpoints: .*taken is a file"):
+            importlib.import_module('train_mdlm').main([f'--out_dir={out_dir}', '--max_iters=1'])
+    assert os.listdir(tmp_path) == ['taken']
+
+
+def test_the_evaluation_line_counts_the_puzzles_it_decoded(tmp_path, capsys):
+    """eval_n above n_val decodes every validation puzzle; the log said it had decoded eval_n."""
+    train(tiny(tmp_path, max_iters=1, eval_interval=1, eval_n=1000))        # the preset's n_val is 64
+    assert '(64 puzzles)' in capsys.readouterr().out
+
+
 def test_a_refusal_on_the_command_line_is_one_line_on_stderr():
     r = subprocess.run([sys.executable, 'train_mdlm.py', '--attn=causal'], capture_output=True, text=True)
     assert r.returncode != 0 and 'AR models are trained by train_ar_mtp.py' in r.stderr
