@@ -175,7 +175,7 @@ class Attention(nn.Module):
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         # q and k rotated in one go; split, not two index ops, whose backward fills a zero tensor
-        # the size of qkv for each and adds them (5% of a training step on a CPU)
+        # the size of qkv for each and adds them (about 4% of a CPU training step: benchmarks.md)
         qk, v = qkv.split([2, 1])
         (q, k), v = rotary(qk, *rope), v[0]
         if cache is not None:                       # prepend the cached keys/values
