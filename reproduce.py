@@ -32,6 +32,7 @@ it lets even an independent model steer around the hard cells, so it flatters SI
 """
 import dataclasses, json, math, os, platform, statistics, sys, time
 import torch
+from tqdm import tqdm
 from sample import DECODERS, checkpoint_examples, choose_tokens, commit_rule, decoder_value_ok, evaluate, random_subset
 from model import attention_mask
 from tasks import MASK
@@ -374,12 +375,15 @@ def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 3, 4, 8, -1), rounds
     uncached = {name: next((u for u, s in runs.items() if s == cache_off(settings)), None)   # same settings, no cache
                 for name, settings in runs.items()}
     results, seconds, valid = {}, {name: [] for name in runs}, {}
+    bar = tqdm(total=rounds * len(runs), desc='bench_cache (rounds x rows)', leave=False)   # minutes on a CPU
     for _ in range(rounds):
         for name, settings in runs.items():
             results[name] = evaluate(model, task, examples, ckpt['attn'], dict(ckpt['decoder'], **settings),
                                      device=device, return_answers=True)
             valid[name] = results[name].pop('valid'); results[name].pop('answers')
             seconds[name].append(results[name]['seconds'])
+            bar.update()
+    bar.close()
     base = next(iter(results))
     for name, r in results.items():
         r['seconds'] = statistics.median(seconds[name]); r['seconds_per_sample'] = r['seconds'] / r['n']
@@ -466,6 +470,9 @@ def main(argv):
     check_lists(cfg)
     cfg.out = cfg.out or ('results' if cfg.scale == 'cpu' else f'results/{cfg.scale}')   # smoke never overwrites results/
     if cfg.table:                                   # no training: from the run's summary.json
+        if not os.path.exists(f'{cfg.out}/summary.json'):
+            raise SystemExit(f'error: --table rewrites the tables of a finished run, and {cfg.out}/summary.json '
+                             f'does not exist (give --out=FOLDER of a run, or --scale=SCALE for results/SCALE/)')
         s = json.load(open(f'{cfg.out}/summary.json'))
         if s['dial']:
             plot_dial(s['dial'], f'{cfg.out}/dial.png', dial_title(s))
