@@ -334,8 +334,9 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
         noise = gen.get_state()
         optimizer.zero_grad(set_to_none=True)
         evaluating = (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_iters
-        logs = step % 10 == 0 or evaluating
-        reported = torch.zeros(2, device=device)        # the batch's loss and ce, on logging steps
+        shows = step % 10 == 0                          # the progress bar's numbers
+        logs = shows or evaluating
+        reported = torch.zeros(2, device=device) if logs else None   # the batch's loss and ce
         for a in range(cfg.grad_accum):                 # this process's rows, in grad_accum pieces
             gen.set_state(noise)                        # each piece draws the same global noise
             first = (rank * cfg.grad_accum + a) * micro
@@ -363,7 +364,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
         if logs:
             if world > 1: dist.all_reduce(reported)     # the whole batch's, not rank 0's rows'
             batch_loss, batch_ce = reported.tolist()
-        if step % 10 == 0:
+        if shows:
             bar.set_postfix(loss=f'{batch_loss:.4f}', ce=f'{batch_ce:.4f}', lr=f'{lr:.1e}',
                             tok_s=f'{tokens / (time.time() - t0):.0f}', val_acc=metrics.get('val_accuracy', '-'))
         if rank != 0 or not evaluating:
