@@ -483,7 +483,8 @@ def show(model, task, problem, attn, decoder, device):
     """Print one example being decoded step by step, with what the latent positions guess in each
     pass (a guess is never committed: the position is decoded later, maybe to another value).
     Latent sampler: '*' latent cells, '.' other masked cells, each guess beside its final value;
-    each decoded cell with how sure the model was of it (its top probability).
+    each decoded cell with how sure the model was of it (its top probability); a Sudoku cell by its
+    index and by row and column (cell 14 (r3c3)).
     MDM: the same drawing, every other masked cell a latent (k = all at every step); SIDM's
     masked cells see no other masked cell, so it has none.
     AR+MTP: the answer so far, the token this step writes in [brackets], then the guesses of the
@@ -504,12 +505,14 @@ def show(model, task, problem, attn, decoder, device):
         decode = decode_latent if decoder['method'] == 'latent' else decode_mdm
         out, _ = decode(model, x, attn, trace=trace, gen=torch.Generator(device=device).manual_seed(0), **settings)
         start = task.prompt_len + 1
+        # a Sudoku cell also by row and column, counted from 1 (r2c3), so it can be found in the grid
+        where = (lambda c: f'{c} (r{c // task.n + 1}c{c % task.n + 1})') if task.name.startswith('sudoku') else str
         for step, t in enumerate(trace):
             now = t['x'].clone(); now[t['commit']] = out[0][t['commit']]
             cells = [task.vocab[int(i)] if int(i) > SEP else '.' for i in now[start:]]
             marks = {p - start: '*' for p in torch.nonzero(t['latent']).flatten().tolist()}
             new = [p - start for p in torch.nonzero(t['commit']).flatten().tolist()]
-            decoded = ', '.join(f'cell {c} = {cells[c]} ({float(t["sure"][c + start]):.0%})' for c in new)
+            decoded = ', '.join(f'cell {where(c)} = {cells[c]} ({float(t["sure"][c + start]):.0%})' for c in new)
             print(f'step {step + 1}: decode {decoded}; '
                   f'{len(marks)} latent tokens (*), {int((t["x"] == MASK).sum()) - len(new) - len(marks)} other masked (.)')
             if task.name.startswith('sudoku'):

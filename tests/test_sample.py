@@ -151,7 +151,11 @@ def test_show_draws_every_step_with_its_latents_and_their_guesses(trained_semi_c
     (problem, _), = generate(TASK, 1, seed=3, workers=1)
     sample.show(model, TASK, problem, 'semi_causal', dict(sample.DECODERS['latent'][1], method='latent', n_latent=2, order=order), 'cpu')
     out = capsys.readouterr().out
-    steps = re.findall(r'^step \d+: decode cell (\d+) = (\d) \(\d+%\); (\d+) latent tokens \(\*\), (\d+) other', out, re.M)
+    named = re.findall(r'^step \d+: decode cell (\d+) \(r(\d+)c(\d+)\) = (\d) \(\d+%\); (\d+) latent tokens \(\*\), (\d+) other',
+                       out, re.M)
+    n = TASK.n                                                              # row and column, from 1, name the same cell
+    assert named and all((int(r) - 1) * n + int(c) - 1 == int(i) for i, r, c, *_ in named)
+    steps = [(i, v, k, o) for i, _, _, v, k, o in named]
     holes = [i for i, c in enumerate(problem) if c == '.']
     assert sorted(int(c) for c, _, _, _ in steps) == holes                  # every hole once, one per step
     answer = out.strip().splitlines()[-1].split(': ')[1]
@@ -176,7 +180,7 @@ def test_show_gives_how_sure_the_model_was_of_each_committed_cell(trained_semi_c
     sample.show(model, TASK, problem, 'semi_causal', dict(sample.DECODERS['latent'][1], method='latent', n_latent=1,
                                                           n_candidates=0, threshold=0.6), 'cpu')
     passes = re.findall(r'^step \d+: decode (.*?); \d+ latent', capsys.readouterr().out, re.M)
-    sure = [sorted(int(p) for p in re.findall(r'cell \d+ = \d \((\d+)%\)', line)) for line in passes]
+    sure = [sorted(int(p) for p in re.findall(r'cell \d+ \(r\d+c\d+\) = \d \((\d+)%\)', line)) for line in passes]
     assert sum(map(len, sure)) == problem.count('.') and any(len(s) > 1 for s in sure)   # several cells a pass
     assert all(0 <= p <= 100 for s in sure for p in s) and all(p >= 60 for s in sure for p in s[:-1])
 
@@ -188,7 +192,7 @@ def test_show_draws_mdm_decoding_with_every_other_masked_cell_as_a_latent(capsys
     (problem, _), = generate(TASK, 1, seed=3, workers=1)
     sample.show(tiny_model(), TASK, problem, attn, dict(sample.DECODERS['mdm'][1], method='mdm'), 'cpu')
     out = capsys.readouterr().out                       # (an untrained model: any token may come out)
-    steps = re.findall(r'^step \d+: decode cell (\d+) = (\S+) \(\d+%\); (\d+) latent tokens \(\*\), (\d+) other', out, re.M)
+    steps = re.findall(r'^step \d+: decode cell (\d+) \(r\d+c\d+\) = (\S+) \(\d+%\); (\d+) latent tokens \(\*\), (\d+) other', out, re.M)
     holes = [i for i, c in enumerate(problem) if c == '.']
     assert sorted(int(c) for c, _, _, _ in steps) == holes
     left = [len(holes) - 1 - i for i in range(len(holes))]             # masked cells besides the decoded one
