@@ -14,7 +14,7 @@ this loop with its own loss.
     python train_mdlm.py --bench                           # training tokens/s against a plain GPT
     torchrun --standalone --nproc_per_node=2 train_mdlm.py # data-parallel, one process per device
 """
-import copy, dataclasses, math, os, statistics, sys, time
+import copy, dataclasses, math, os, statistics, sys, tempfile, time
 from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
@@ -153,14 +153,18 @@ def check_settings(cfg):
 
 def check_out_dir(out_dir):
     """A folder checkpoints cannot go to is an error now, not at the first checkpoint after minutes of
-    training. Nothing is created: the nearest existing folder on the path must be writable."""
+    training. The nearest existing folder on the path must take a file: one is made there and
+    removed at once (so nothing is left), which finds a read-only disk too, where the permission
+    bits alone would say yes (to root, they always do)."""
     path = os.path.abspath(out_dir)
     while not os.path.exists(path):
         path = os.path.dirname(path)
     if not os.path.isdir(path):
         raise SystemExit(f'error: out_dir {out_dir!r} cannot hold checkpoints: {path} is a file')
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise SystemExit(f'error: out_dir {out_dir!r} cannot hold checkpoints: {path} is not writable')
+    try:
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        raise SystemExit(f'error: out_dir {out_dir!r} cannot hold checkpoints: {path} is not writable ({e.strerror})')
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """What a newcomer must be able to trust: a shared checkpoint cannot run code, divergence stops
 without destroying the last good checkpoint, the same seed gives the same run, malformed puzzle
 lines are reported (never a traceback), and settings that mean nothing are refused."""
-import dataclasses, importlib, os, re, subprocess, sys
+import dataclasses, importlib, os, re, subprocess, sys, tempfile
 import numpy as np
 import pytest
 import torch
@@ -179,6 +179,24 @@ def test_an_out_dir_that_cannot_hold_checkpoints_is_refused_before_any_work(tmp_
         with pytest.raises(SystemExit, match=f"out_dir '{out_dir}' cannot hold checkpoints: .*taken is a file"):
             importlib.import_module('train_mdlm').main([f'--out_dir={out_dir}', '--max_iters=1'])
     assert os.listdir(tmp_path) == ['taken']
+
+
+def test_an_out_dir_on_which_no_file_can_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
+    """A folder without write permission, or (as root, whom permission bits never stop) on a
+    read-only disk: refused at once, and nothing is written. Was: os.access, which says yes to root."""
+    monkeypatch.chdir(tmp_path)
+    locked = tmp_path / 'locked'
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:                           # root writes there anyway: make the disk refuse
+        def read_only_disk(*args, **kwargs):
+            raise OSError(30, 'Read-only file system')
+        monkeypatch.setattr(tempfile, 'TemporaryFile', read_only_disk)
+    with pytest.raises(SystemExit, match="out_dir 'locked/run1' cannot hold checkpoints: .*locked is not writable"):
+        importlib.import_module('train_mdlm').main(['--out_dir=locked/run1', '--max_iters=1'])
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ['locked'] and not os.listdir(locked)
+    locked.chmod(0o755)
 
 
 def test_the_evaluation_line_counts_the_puzzles_it_decoded(tmp_path, capsys):
