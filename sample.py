@@ -188,7 +188,9 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
     is exact because under semi_causal attention no position in the pass could see them.
     Ranks: latents get U(0,1) in random order, D/C get 2.0, above every latent: so D sees all
     clean positions and all latents, and D/C positions do not see each other (equal ranks).
-    n_latent='all' (or -1) makes every remaining masked position a latent.
+    n_latent='all' (or -1) makes every remaining masked position a latent. A count is at most k:
+    once fewer masked positions remain besides D (or C), all of them are latents, so a count above
+    the answer's length decodes as 'all' does.
 
     cache_refresh (ours, an approximation in the spirit of Fast-dLLM's cache): clean positions see
     only clean positions, so their keys/values change only when a token is committed. With
@@ -414,7 +416,7 @@ class SampleConfig:
     n: int = None                    # decode the first n examples (unset: 1000 of a split, all of --input)
     split: str = None                # train | val | test (unset: test): the checkpoint's own data, without --input
     # decoder settings: None = as the checkpoint was evaluated in training
-    n_latent: str = None             # latent sampler: an int or 'all'
+    n_latent: str = None             # latent sampler: an int (at most that many; fewer once fewer remain) or 'all'
     order: str = None                # random | top_prob | margin | entropy
     n_candidates: int = None         # top_prob & co: choose among this many random masked positions (0 = all; the latent sampler: all but its k latents)
     tokens_per_step: int = None      # positions committed per forward pass

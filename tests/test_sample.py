@@ -31,6 +31,18 @@ def puzzles(n, seed=0):
     return ex, torch.from_numpy(np.stack([TASK.encode(p)[0] for p, _ in ex]))
 
 
+@pytest.mark.parametrize('order', ['random', 'top_prob'])
+def test_a_latent_count_above_the_masked_cells_decodes_as_all(order):
+    """n_latent is at most k: with more than the masked cells left besides D (or the candidates),
+    every one is a latent, so the answers and the positions run equal n_latent='all' exactly."""
+    model, (_, x) = tiny_model(), puzzles(4)                      # 10 blanks per puzzle
+    runs = [decode_latent(model, x, n_latent=k, order=order, n_candidates=3, gen=torch.Generator().manual_seed(0))
+            for k in (100, 'all', 4)]
+    (a, sa), (b, sb), (c, sc) = runs
+    assert torch.equal(a, b) and torch.equal(sa['positions'], sb['positions'])
+    assert (sc['positions'] < sb['positions']).all()              # a count below it is not all
+
+
 @pytest.mark.exercise(3)
 @pytest.mark.parametrize('k', [0, 2, 'all'])
 def test_latent_pass_processes_and_commits_exactly_what_it_claims(k):
