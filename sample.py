@@ -188,9 +188,9 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
     is exact because under semi_causal attention no position in the pass could see them.
     Ranks: latents get U(0,1) in random order, D/C get 2.0, above every latent: so D sees all
     clean positions and all latents, and D/C positions do not see each other (equal ranks).
-    n_latent='all' (or -1) makes every remaining masked position a latent. A count is at most k:
-    once fewer masked positions remain besides D (or C), all of them are latents, so a count above
-    the answer's length decodes as 'all' does.
+    n_latent='all' (or -1) makes every remaining masked position a latent. A count is an upper
+    bound: once fewer masked positions than it remain besides D (or C), all of them are latents,
+    so a count at least the answer's length decodes as 'all' does.
 
     cache_refresh (ours, an approximation in the spirit of Fast-dLLM's cache): clean positions see
     only clean positions, so their keys/values change only when a token is committed. With
