@@ -486,7 +486,7 @@ def show(model, task, problem, attn, decoder, device):
     pass (a guess is never committed: the position is decoded later, maybe to another value).
     Latent sampler: '*' latent cells, '.' other masked cells, each guess beside its final value;
     each decoded cell with how sure the model was of it (its top probability); a Sudoku cell by its
-    index and by row and column (cell 14 (r3c3)).
+    index and by row and column, counted from 1 (on 6x6, cell 14 (r3c3)).
     MDM: the same drawing, every other masked cell a latent (k = all at every step); SIDM's
     masked cells see no other masked cell, so it has none.
     AR+MTP: the answer so far, the token this step writes in [brackets], then the guesses of the
