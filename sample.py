@@ -507,8 +507,8 @@ def show(model, task, problem, attn, decoder, device):
         decode = decode_latent if decoder['method'] == 'latent' else decode_mdm
         out, _ = decode(model, x, attn, trace=trace, gen=torch.Generator(device=device).manual_seed(0), **settings)
         start = task.prompt_len + 1
-        # a Sudoku cell also by row and column, counted from 1 (r2c3), so it can be found in the grid
-        where = (lambda c: f'{c} (r{c // task.n + 1}c{c % task.n + 1})') if task.name.startswith('sudoku') else str
+        sudoku = task.name.startswith('sudoku')           # drawn as a grid, a cell named by row and column too
+        where = (lambda c: f'{c} ({task.cell_name(c)})') if sudoku else str
         for step, t in enumerate(trace):
             now = t['x'].clone(); now[t['commit']] = out[0][t['commit']]
             cells = [task.vocab[int(i)] if int(i) > SEP else '.' for i in now[start:]]
@@ -517,7 +517,7 @@ def show(model, task, problem, attn, decoder, device):
             decoded = ', '.join(f'cell {where(c)} = {cells[c]} ({float(t["sure"][c + start]):.0%})' for c in new)
             print(f'step {step + 1}: decode {decoded}; '
                   f'{len(marks)} latent tokens (*), {int((t["x"] == MASK).sum()) - len(new) - len(marks)} other masked (.)')
-            if task.name.startswith('sudoku'):
+            if sudoku:
                 print('\n'.join(task.grid(cells, marks)))
             else:
                 print(''.join(marks.get(i, c) for i, c in enumerate(cells)))

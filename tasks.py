@@ -300,6 +300,10 @@ class Sudoku(Task):
             lines.append(' | '.join(' '.join(row[s * bc:(s + 1) * bc]) for s in range(n // bc)))
         return lines
 
+    def cell_name(self, i):
+        """Cell i (row by row, from 0) in Sudoku's usual notation, counted from 1: r3c2."""
+        return f'r{i // self.n + 1}c{i % self.n + 1}'
+
 
 class SudokuGen(Sudoku):
     """Unconditional generation of complete valid grids: empty prompt, the grid is the answer."""

@@ -33,8 +33,8 @@ def puzzles(n, seed=0):
 
 @pytest.mark.parametrize('order', ['random', 'top_prob'])
 def test_a_latent_count_above_the_masked_cells_decodes_as_all(order):
-    """n_latent is at most k: with more than the masked cells left besides D (or the candidates),
-    every one is a latent, so the answers and the positions run equal n_latent='all' exactly."""
+    """A latent count is an upper bound: with more than the masked cells left besides D (or the
+    candidates), every one is a latent, so the answers and positions equal n_latent='all' exactly."""
     model, (_, x) = tiny_model(), puzzles(4)                      # 10 blanks per puzzle
     runs = [decode_latent(model, x, n_latent=k, order=order, n_candidates=3, gen=torch.Generator().manual_seed(0))
             for k in (100, 'all', 4)]
