@@ -599,23 +599,32 @@ class PathStar(Task):
     nodes each, node labels drawn from 0..n_nodes-1. `arm_length` counts the nodes *after* the
     source; their files name a graph by its path length *including* the source, so their
     "path length 5" is arm_length=4 here. Input: the shuffled directed edge list, then source and goal (the last
-    node of one arm). Answer: the path source,...,goal. Line format a,b|c,d|.../source,goal=path."""
+    node of one arm). Answer: the path source,...,goal. Line format a,b|c,d|.../source,goal=path.
+    min_arm_length < arm_length mixes sizes (a curriculum): each graph's arms are all of one length
+    drawn uniformly from min_arm_length..arm_length, padded to the longest (PAD); None: arm_length."""
     name = 'path_star'
     split_answer = re.compile(r'\d+|.')
 
-    def __init__(self, degree=3, arm_length=5, n_nodes=50):
+    def __init__(self, degree=3, arm_length=5, n_nodes=50, min_arm_length=None):
         if degree < 1 or arm_length < 1:
             raise ValueError('degree and arm_length must be at least 1')
         if n_nodes < degree * arm_length + 1:
             raise ValueError('n_nodes must be at least degree * arm_length + 1')
+        if min_arm_length is not None and not 1 <= min_arm_length <= arm_length:
+            raise ValueError('min_arm_length must be from 1 to arm_length')
         self.options = dict(degree=degree, arm_length=arm_length, n_nodes=n_nodes)
+        if min_arm_length not in (None, arm_length):   # kept out of options otherwise: old checkpoints match
+            self.options['min_arm_length'] = min_arm_length
+        self.arm_lengths = range(min_arm_length or arm_length, arm_length + 1)
         n_edges = degree * arm_length
         self.setup([str(i) for i in range(n_nodes)] + list(',|/'), 4 * n_edges + 3, 2 * arm_length + 1)
 
     def generate(self, count, rng):
-        d, l, N = self.options['degree'], self.options['arm_length'], self.options['n_nodes']
+        d, N = self.options['degree'], self.options['n_nodes']
         out = []
         for _ in range(count):
+            # (one draw fewer without a mix, so the graphs of an unmixed task stay what they were)
+            l = self.arm_lengths[0] if len(self.arm_lengths) == 1 else int(rng.choice(self.arm_lengths))
             labels = [int(x) for x in rng.choice(N, d * l + 1, replace=False)]
             source, arms = labels[0], [labels[1 + k * l:1 + (k + 1) * l] for k in range(d)]
             edges = [(a, b) for arm in arms for a, b in zip([source] + arm[:-1], arm)]
@@ -640,8 +649,9 @@ class PathStar(Task):
 
     def check_problem(self, problem):
         edges, _, _ = self.parse_problem(problem)
-        if len(edges) != self.options['degree'] * self.options['arm_length']:
-            raise ValueError(f'expected {self.options["degree"] * self.options["arm_length"]} edges')
+        counts = [self.options['degree'] * l for l in self.arm_lengths]
+        if len(edges) not in counts:
+            raise ValueError(f'expected {" to ".join(map(str, sorted({counts[0], counts[-1]})))} edges')
 
     def verify(self, problem, answer):
         return self.failure(problem, answer) is None

@@ -312,6 +312,33 @@ def test_path_star_failures_name_the_clever_hans_guess():
     assert get_task('sudoku', size=4).failure('.' * 16, '1' * 16) == 'invalid'
 
 
+def test_path_star_mixed_arm_lengths_pad_to_the_longest():
+    """min_arm_length < arm_length draws each graph's arm length from the range: both sizes come
+    out, valid, padded to the longest; the longest size's files still read, a size outside the
+    range does not; and an unmixed task's graphs are what they were (no extra draw)."""
+    mixed = get_task('path_star', degree=2, arm_length=4, n_nodes=20, min_arm_length=3)
+    plain = get_task('path_star', degree=2, arm_length=4, n_nodes=20)
+    examples = mixed.generate(200, np.random.default_rng(0))
+    by_length = {n: [e for e in examples if len(e[1].split(',')) == n] for n in (4, 5)}
+    assert {len(e[1].split(',')) for e in examples} == {4, 5} and min(map(len, by_length.values())) > 60
+    assert all(mixed.verify(p, a) for p, a in examples)
+    assert (mixed.seq_len, mixed.prompt_len) == (plain.seq_len, plain.prompt_len)
+    ids, answer_mask = mixed.encode(*by_length[4][0])          # arm 3: 8 fewer prompt tokens, 2 fewer answer
+    assert (ids[:mixed.prompt_len] == 0).sum() == 8 and (ids[answer_mask] == 0).sum() == 2
+    assert mixed.decode_answer(ids) == by_length[4][0][1]
+    assert mixed.parse_line(plain.format_line(*by_length[5][0]))
+    with pytest.raises(ValueError, match='expected 8 edges'):
+        plain.parse_line(plain.format_line(*by_length[4][0]))
+    with pytest.raises(ValueError, match='expected 6 to 8 edges'):
+        mixed.parse_line('0,1|1,2|0,3|3,4/0,4=0,3,4')
+    assert plain.config() == dict(name='path_star', degree=2, arm_length=4, n_nodes=20)    # old checkpoints
+    assert get_task('path_star', degree=2, arm_length=4, n_nodes=20, min_arm_length=4).config() == plain.config()
+    assert plain.generate(5, np.random.default_rng(1))[0] == \
+        ('18,14|2,0|5,18|6,4|5,6|4,17|17,10|14,2/5,0', '5,18,14,2,0')   # as before the mix
+    with pytest.raises(ValueError, match='min_arm_length'):
+        get_task('path_star', degree=2, arm_length=4, min_arm_length=5)
+
+
 def test_bad_options_are_clear_errors():
     with pytest.raises(ValueError, match='valid'):
         get_task('sudoku', sizes=9)
