@@ -600,7 +600,7 @@ class PathStar(Task):
     source; their files name a graph by its path length *including* the source, so their
     "path length 5" is arm_length=4 here. Input: the shuffled directed edge list, then source and goal (the last
     node of one arm). Answer: the path source,...,goal. Line format a,b|c,d|.../source,goal=path.
-    min_arm_length < arm_length mixes sizes (a curriculum): each graph's arms are all of one length
+    min_arm_length < arm_length mixes sizes in one dataset: each graph's arms are all of one length
     drawn uniformly from min_arm_length..arm_length, padded to the longest (PAD); None: arm_length."""
     name = 'path_star'
     split_answer = re.compile(r'\d+|.')
@@ -651,7 +651,7 @@ class PathStar(Task):
         edges, _, _ = self.parse_problem(problem)
         counts = [self.options['degree'] * l for l in self.arm_lengths]
         if len(edges) not in counts:
-            raise ValueError(f'expected {" to ".join(map(str, sorted({counts[0], counts[-1]})))} edges')
+            raise ValueError(f'expected {" or ".join(map(str, counts))} edges')
 
     def verify(self, problem, answer):
         return self.failure(problem, answer) is None
