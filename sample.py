@@ -485,8 +485,8 @@ def show(model, task, problem, attn, decoder, device):
     """Print one example being decoded step by step, with what the latent positions guess in each
     pass (a guess is never committed: the position is decoded later, maybe to another value).
     Latent sampler: '*' latent cells, '.' other masked cells, each guess beside its final value;
-    each decoded cell with how sure the model was of it (its top probability); a Sudoku cell by its
-    index and by row and column, counted from 1 (on 6x6, cell 14 (r3c3)).
+    each decoded cell with how sure the model was of it (its top probability); a Sudoku cell, decoded
+    or latent, by its index and by row and column, counted from 1 (on 6x6, cell 14 (r3c3)).
     MDM: the same drawing, every other masked cell a latent (k = all at every step); SIDM's
     masked cells see no other masked cell, so it has none.
     AR+MTP: the answer so far, the token this step writes in [brackets], then the guesses of the
@@ -522,8 +522,9 @@ def show(model, task, problem, attn, decoder, device):
             else:
                 print(''.join(marks.get(i, c) for i, c in enumerate(cells)))
             # what each latent position predicts in this pass (never committed), and what the cell becomes
-            guesses = [f'{c}:{task.vocab[int(t["guess"][c + start])]}/{task.vocab[int(out[0][c + start])]}' for c in sorted(marks)]
-            print(f'latent guesses (cell:guess/final): {" ".join(guesses)}' if guesses else '', end='\n\n')
+            guesses = [f'{where(c)}:{task.vocab[int(t["guess"][c + start])]}/{task.vocab[int(out[0][c + start])]}'
+                       for c in sorted(marks)]
+            print(f'latent guesses (cell:guess/final): {", ".join(guesses)}' if guesses else '', end='\n\n')
     answer = task.decode_answer(out[0].cpu().numpy())
     print(f'answer {"verifies" if task.verify(problem, answer) else "is WRONG"}: {answer}')
 

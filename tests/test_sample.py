@@ -178,8 +178,9 @@ def test_show_draws_every_step_with_its_latents_and_their_guesses(trained_semi_c
     guesses = re.findall(r'^latent guesses \(cell:guess/final\): (.*)$', out, re.M)
     assert len(guesses) == sum(1 for n in left if n > 0)
     for line in guesses:
-        for cell, guess, final in (re.fullmatch(r'(\d+):(\d)/(\d)', g).groups() for g in line.split()):
-            assert answer[int(cell)] == final and problem[int(cell)] == '.'
+        for cell, r, c, guess, final in (re.fullmatch(r'(\d+) \(r(\d+)c(\d+)\):(\d)/(\d)', g).groups()
+                                         for g in line.split(', ')):
+            assert answer[int(cell)] == final and problem[int(cell)] == '.' and (int(r) - 1) * n + int(c) - 1 == int(cell)
     assert out.strip().endswith(('verifies: ' if TASK.verify(problem, answer) else 'is WRONG: ') + answer)
 
 
@@ -211,7 +212,7 @@ def test_show_draws_mdm_decoding_with_every_other_masked_cell_as_a_latent(capsys
     latents = left if attn == 'full' else [0] * len(holes)
     assert [(int(k), int(o)) for _, _, k, o in steps] == [(k, n - k) for k, n in zip(latents, left)]
     guesses = re.findall(r'^latent guesses \(cell:guess/final\): (.*)$', out, re.M)
-    assert [len(g.split()) for g in guesses] == [k for k in latents if k > 0]
+    assert [len(g.split(', ')) for g in guesses] == [k for k in latents if k > 0]
 
 
 def run(*args):
