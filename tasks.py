@@ -615,7 +615,7 @@ class PathStar(Task):
         self.options = dict(degree=degree, arm_length=arm_length, n_nodes=n_nodes)
         if min_arm_length not in (None, arm_length):   # kept out of options otherwise: old checkpoints match
             self.options['min_arm_length'] = min_arm_length
-        self.arm_lengths = range(min_arm_length or arm_length, arm_length + 1)
+        self.arm_lengths = range(self.options.get('min_arm_length', arm_length), arm_length + 1)   # from the options
         n_edges = degree * arm_length
         self.setup([str(i) for i in range(n_nodes)] + list(',|/'), 4 * n_edges + 3, 2 * arm_length + 1)
 
