@@ -9,7 +9,7 @@ configurator.py: nanoGPT-style settings for every script, and nothing else (no t
   settings_help    what --help prints: every setting with the comment written next to it
   parse_value      a command-line string as the type of the setting it sets
 """
-import dataclasses, inspect, json, os, re, sys
+import dataclasses, difflib, inspect, json, os, re, sys
 from tasks import TASKS, task_options
 
 
@@ -32,8 +32,10 @@ def parse_settings(cfg, argv, extra=(), refuse=None):
         if key in extra:
             extras[key] = parse_value(value) if isinstance(value, str) else value; return
         if key not in fields:
-            raise SystemExit(f'error: unknown setting {key!r} in {source}. Valid settings: '
-                             + ', '.join(sorted(set(fields) | set(extra))))
+            valid = sorted(set(fields) | set(extra))
+            close = difflib.get_close_matches(key, valid, n=1)     # a typo: name the likely one first
+            raise SystemExit(f'error: unknown setting {key!r} in {source}.'
+                             + (f' Did you mean {close[0]!r}?' if close else '') + ' Valid settings: ' + ', '.join(valid))
         current = getattr(cfg, key)
         if current is None and fields[key] in (bool, int, float):
             current = fields[key]()         # an unset setting is typed by its annotation, not guessed

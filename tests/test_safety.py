@@ -108,6 +108,7 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
 
 @pytest.mark.parametrize('script,args,message', [
     ('train_mdlm', ['--mtp_window=2'], "unknown setting 'mtp_window'"),
+    ('train_mdlm', ['--max_iter=5'], "unknown setting 'max_iter' in the command line. Did you mean 'max_iters'?"),
     ('train_mdlm', ['--learning_rate=1e-3', '--learning_rate=5e-4'], '--learning_rate is given twice'),
     ('sample', ['--n=5', '--n=6'], '--n is given twice'),
     ('train_mdlm', ['--attn=causal'], 'AR models are trained by train_ar_mtp.py'),
