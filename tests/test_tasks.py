@@ -155,7 +155,8 @@ def test_countdown_reads_a_json_array_file_too(tmp_path):
     path = tmp_path / 'cd.json'
     path.write_text('[{"target": 50, "nums": [15, 44, 79]},\n {"target": 6, "nums": [1, 2]}]\n')
     assert read_examples(task, str(path), skip_bad=True) == \
-        ([('15,44,79,50', None)], [f'{path}:item 2: expected 3 numbers and a target, comma separated'])
+        ([('15,44,79,50', None)], [f'{path}:item 2: expected 3 numbers and a target, comma separated; got 2 numbers and a '
+                                      'target (a model reads only the count it was trained on)'])
     path.write_text('[{"target": 50, "nums": [15, 44, 79]},')
     with pytest.raises(TaskFormatError, match='starts with \\[ but is not a JSON array'):
         read_examples(task, str(path))
