@@ -51,6 +51,7 @@ def choose_tokens(logits, temperature, gen):
 
 CONFIDENCE_ORDERS = ('top_prob', 'margin', 'entropy')     # the orders score() ranks by confidence
 COMMIT_ORDERS = ('random',) + CONFIDENCE_ORDERS             # every --order
+LATENT_RANKS = ('random', 'confidence')                     # every --latent_ranks (decode_latent)
 
 
 def score(probs, order, gen):
@@ -175,7 +176,7 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
 
 @torch.no_grad()
 def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', tokens_per_step=1, n_candidates=8,
-                  threshold=0.0, temperature=0.0, cache_refresh=0, gen=None, trace=None):
+                  threshold=0.0, temperature=0.0, cache_refresh=0, latent_ranks='random', gen=None, trace=None):
     """The latent-token sampler for a semi_causal (or semi_causal_ordered) model. Each step, per row:
       order='random' (the paper's uniform order): D = tokens_per_step random masked positions,
                   L = n_latent others at random;
@@ -188,6 +189,11 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
     is exact because under semi_causal attention no position in the pass could see them.
     Ranks: latents get U(0,1) in random order, D/C get 2.0, above every latent: so D sees all
     clean positions and all latents, and D/C positions do not see each other (equal ranks).
+    The latents form a chain (each sees those ranked below it). latent_ranks='confidence' (ours)
+    orders the chain easiest first: latents are ranked by the top probability their cell had the
+    last time it ran in a pass (0 if it has not run yet), the surest lowest, ties in random order;
+    so the surest guesses are made first and every later latent and D read them (on 6x6 Sudoku,
+    random order, k = all: 4 to 7 points more solved; results/studies.md, "The latent chain's order").
     n_latent='all' (or -1) makes every remaining masked position a latent. A count is an upper
     bound: once fewer masked positions than it remain besides D (or C), all of them are latents,
     so a count at least the answer's length decodes as 'all' does.
@@ -216,6 +222,9 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
     cache, cached, cached_valid, n_pass = None, None, None, 0   # cached [B, T]: positions whose keys/values are kept
     ordered = attn == 'semi_causal_ordered'
     decoded_rank = torch.full((B, T), -1.0, device=dev) if ordered else None   # givens -1, then pass number
+    if latent_ranks not in LATENT_RANKS:
+        raise ValueError(f'latent_ranks must be one of {", ".join(LATENT_RANKS)}, not {latent_ranks!r}')
+    last_sure = torch.zeros(B, T, device=dev)      # latent_ranks='confidence': each cell's latest top probability
     while True:
         masked = x == MASK
         remaining = masked.sum(1)
@@ -244,6 +253,10 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
         x_sub = torch.gather(x, 1, idx)
         masked_sub = torch.gather(masked, 1, idx) & valid
         rank = torch.where(latent, torch.rand(B, T, generator=gen, device=dev), torch.full((B, T), 2.0, device=dev))
+        if latent_ranks == 'confidence':   # the chain easiest first: sort the random order by confidence
+            chain = rank.argsort(1)
+            chain = chain.gather(1, (-last_sure.gather(1, chain)).argsort(dim=1, stable=True))
+            rank = torch.where(latent, chain.argsort(1).float() / T, rank)   # distinct, in [0, 1)
         if ordered:                   # clean positions ranked by when they were decoded
             rank = torch.where(masked, rank, decoded_rank)
         rank_sub = torch.gather(rank, 1, idx)
@@ -261,6 +274,9 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
             cached = now_kept if refresh else cached | now_kept
         n_pass += 1
         token, probs = choose_tokens(logits, temperature, gen)
+        if latent_ranks == 'confidence':   # remember how sure this pass was of each masked cell it ran
+            ran = torch.zeros_like(masked).scatter_(1, idx, masked_sub)
+            last_sure = torch.where(ran, torch.zeros_like(last_sure).scatter_(1, idx, probs.amax(-1).float()), last_sure)
         front_sub = torch.gather(front, 1, idx) & valid
         if order == 'random':
             commit_sub = front_sub                        # D was chosen before the pass
@@ -352,7 +368,7 @@ DECODERS = {
     'mdm': (decode_mdm, dict(order='top_prob', tokens_per_step=1, n_candidates=0, threshold=0.0, temperature=0.0,
                              cache_refresh=0)),
     'latent': (decode_latent, dict(n_latent='all', order='top_prob', tokens_per_step=1, n_candidates=8,
-                                   threshold=0.0, temperature=0.0, cache_refresh=0)),
+                                   threshold=0.0, temperature=0.0, cache_refresh=0, latent_ranks='random')),
     'ar': (decode_ar, dict(temperature=0.0, use_cache=True)),
     'ar_mtp': (decode_ar_mtp, dict(window=-1, temperature=0.0, use_cache=True)),
 }
@@ -425,6 +441,7 @@ class SampleConfig:
     window: int = None               # ar_mtp: latent window (-1 = all)
     use_cache: bool = None           # ar / ar_mtp with a causal prefix
     cache_refresh: int = None        # mdm, latent: keep clean keys/values, recomputed every r passes (0 = off, -1 = never)
+    latent_ranks: str = None         # latent: random (the paper's) | confidence (ours: the latent chain easiest first)
     batch_size: int = 256            # examples decoded together
     device: str = 'auto'             # auto | cpu | cuda | mps
     dtype: str = 'float32'           # float32 | bfloat16 | float16 | auto (bf16 where supported): autocast while decoding
@@ -432,7 +449,7 @@ class SampleConfig:
 
 
 DECODER_SETTINGS = ('n_latent', 'order', 'n_candidates', 'tokens_per_step', 'threshold', 'temperature',
-                    'window', 'use_cache', 'cache_refresh')
+                    'window', 'use_cache', 'cache_refresh', 'latent_ranks')
 DECODER_VALUES = {      # setting: (is the value usable?, what it must be); a bad one would hang or mislead
     'n_latent': (lambda v: v == 'all' or (isinstance(v, int) and v >= 0), "a count >= 0 or 'all'"),
     'order': (lambda v: v in COMMIT_ORDERS, f'one of {", ".join(COMMIT_ORDERS)}'),
@@ -443,6 +460,7 @@ DECODER_VALUES = {      # setting: (is the value usable?, what it must be); a ba
     'window': (lambda v: v == -1 or v >= 1, '-1 (all) or a window of at least 1'),
     'use_cache': (lambda v: isinstance(v, bool), 'true or false'),
     'cache_refresh': (lambda v: v >= -1, '-1 (never), 0 (off) or r >= 1 (every r passes)'),
+    'latent_ranks': (lambda v: v in LATENT_RANKS, f'one of {", ".join(LATENT_RANKS)}'),
 }
 
 

@@ -8,7 +8,7 @@ from model import ModelConfig, Transformer
 import sample
 from sample import decode_latent, decode_mdm, evaluate
 from data import generate
-from tasks import MASK, get_task
+from tasks import MASK, SEP, get_task
 from train_mdlm import settings, train
 
 TASK = get_task('sudoku', size=4, givens=6)
@@ -95,6 +95,51 @@ def test_sampler_trimmed_passes_equal_full_untrimmed_passes(k, order, monkeypatc
         assert torch.allclose(logits[row, front], full[0, pos[row, front]], atol=1e-5)
         dropped += x.shape[1] - int(valid.sum())
     assert (dropped > 0) == (k != 'all')                              # k < all really trims
+
+
+@pytest.mark.parametrize('order', ['random', 'top_prob'])
+def test_confidence_latent_ranks_order_the_chain_by_the_last_pass(order, monkeypatch):
+    """latent_ranks='confidence': in every pass the latents are ranked by the top probability
+    their cell got the last time it ran (0 before it has run), so a surer latent ranks below (is
+    seen by) a less sure one; ranks stay distinct, so the latents still form one chain."""
+    import sample
+    model, (_, x) = tiny_model(), puzzles(3)
+    seen = []
+    real_mask = sample.attention_mask
+    monkeypatch.setattr(sample, 'attention_mask', lambda a, m, r, *w: seen.append((m, r)) or real_mask(a, m, r, *w))
+
+    class Recorder(torch.nn.Module):
+        cfg = model.cfg
+        def forward(self, x_sub, pos, attn_mask, cache=None):
+            logits, _ = model(x_sub, pos=pos, attn_mask=attn_mask, cache=cache)
+            seen[-1] += (pos, logits)
+            return logits, None
+
+    trace = []
+    decode_latent(Recorder(), x, n_latent=4, order=order, n_candidates=2, latent_ranks='confidence',
+                  gen=torch.Generator().manual_seed(0), trace=trace)
+    last_sure, checked = torch.zeros(x.shape[1]), 0
+    for (masked_sub, rank_sub, pos, logits), t in zip(seen, trace):
+        row_pos, row_masked, row_rank = pos[0], masked_sub[0], rank_sub[0]
+        latent = row_masked & t['latent'][row_pos]
+        sure_l, rank_l = last_sure[row_pos[latent]], row_rank[latent]
+        assert len(set(rank_l.tolist())) == len(rank_l) and (rank_l < 1).all()   # a chain below D's 2.0
+        surer = sure_l[:, None] > sure_l[None, :]
+        assert (rank_l[:, None] < rank_l[None, :])[surer].all()          # the surer one ranks lower
+        sure = logits[0].double()
+        sure[..., [MASK, SEP]] = -math.inf
+        last_sure[row_pos[row_masked]] = sure.softmax(-1).amax(-1)[row_masked].float()
+        checked += int(latent.sum())
+    assert checked > 0 and last_sure.max() > 0
+
+
+def test_random_latent_ranks_are_the_default_draws():
+    model, (_, x) = tiny_model(), puzzles(3)
+    runs = [decode_latent(model, x, n_latent=3, order='random', gen=torch.Generator().manual_seed(0), **extra)[0]
+            for extra in ({}, dict(latent_ranks='random'))]
+    assert torch.equal(*runs)
+    with pytest.raises(ValueError, match='latent_ranks must be one of random, confidence'):
+        decode_latent(model, x, latent_ranks='sure_first')
 
 
 @pytest.mark.parametrize('m', [1, 3, 4])
