@@ -4,7 +4,7 @@ import json, math, re, subprocess, sys
 import numpy as np
 import pytest
 import torch
-from model import ModelConfig, Transformer
+from model import ModelConfig, Transformer, attention_mask
 import sample
 from sample import decode_latent, decode_mdm, evaluate
 from data import generate
@@ -59,16 +59,10 @@ def test_latent_pass_processes_and_commits_exactly_what_it_claims(k):
     assert (out != MASK).all() and torch.equal(out[x != MASK], x[x != MASK])   # clean never changed
 
 
-@pytest.mark.exercise(3)
-@pytest.mark.parametrize('k,order', [(0, 'random'), (2, 'random'), ('all', 'random'), (2, 'top_prob')])
-def test_sampler_trimmed_passes_equal_full_untrimmed_passes(k, order, monkeypatch):
-    """Every pass decode_latent really runs, on clean + L + D only, gives D (or the candidates)
-    the same logits as a pass over the whole sequence in which the dropped masked positions
-    rank above everything: under semi_causal attention nobody D can see could see them."""
-    import sample
-    model, (_, x) = tiny_model(), puzzles(3)
-    seen = []
-    real_mask = sample.attention_mask
+def recorded_passes(model, monkeypatch):
+    """A stand-in for `model` that records every pass decode_latent runs, and the list it fills:
+    per pass (masked_sub, rank_sub) from attention_mask, then (x_sub, pos, logits) from the model."""
+    seen, real_mask = [], sample.attention_mask
     monkeypatch.setattr(sample, 'attention_mask', lambda a, m, r, *w: seen.append((m, r)) or real_mask(a, m, r, *w))
 
     class Recorder(torch.nn.Module):
@@ -77,9 +71,19 @@ def test_sampler_trimmed_passes_equal_full_untrimmed_passes(k, order, monkeypatc
             logits, _ = model(x_sub, pos=pos, attn_mask=attn_mask, cache=cache)
             seen[-1] += (x_sub, pos, logits)
             return logits, None
+    return Recorder(), seen
 
+
+@pytest.mark.exercise(3)
+@pytest.mark.parametrize('k,order', [(0, 'random'), (2, 'random'), ('all', 'random'), (2, 'top_prob')])
+def test_sampler_trimmed_passes_equal_full_untrimmed_passes(k, order, monkeypatch):
+    """Every pass decode_latent really runs, on clean + L + D only, gives D (or the candidates)
+    the same logits as a pass over the whole sequence in which the dropped masked positions
+    rank above everything: under semi_causal attention nobody D can see could see them."""
+    model, (_, x) = tiny_model(), puzzles(3)
+    recorder, seen = recorded_passes(model, monkeypatch)
     trace = []
-    decode_latent(Recorder(), x, n_latent=k, order=order, n_candidates=3, gen=torch.Generator().manual_seed(0), trace=trace)
+    decode_latent(recorder, x, n_latent=k, order=order, n_candidates=3, gen=torch.Generator().manual_seed(0), trace=trace)
     assert len(seen) == len(trace) > 0
     dropped = 0
     for (masked_sub, rank_sub, x_sub, pos, logits), t in zip(seen, trace):
@@ -89,7 +93,7 @@ def test_sampler_trimmed_passes_equal_full_untrimmed_passes(k, order, monkeypatc
         masked = full_x == MASK
         rank = torch.full((1, x.shape[1]), 3.0)                       # dropped: above every kept rank
         rank[0, pos[row, valid]] = rank_sub[row, valid]
-        full, _ = model(full_x, attn_mask=real_mask('semi_causal', masked, rank))
+        full, _ = model(full_x, attn_mask=attention_mask('semi_causal', masked, rank))
         front = masked_sub[row] & (rank_sub[row] == 2.0) & valid      # D or the candidates
         assert front.any()
         assert torch.allclose(logits[row, front], full[0, pos[row, front]], atol=1e-5)
@@ -102,24 +106,13 @@ def test_confidence_latent_ranks_order_the_chain_by_the_last_pass(order, monkeyp
     """latent_ranks='confidence': in every pass the latents are ranked by the top probability
     their cell got the last time it ran (0 before it has run), so a surer latent ranks below (is
     seen by) a less sure one; ranks stay distinct, so the latents still form one chain."""
-    import sample
     model, (_, x) = tiny_model(), puzzles(3)
-    seen = []
-    real_mask = sample.attention_mask
-    monkeypatch.setattr(sample, 'attention_mask', lambda a, m, r, *w: seen.append((m, r)) or real_mask(a, m, r, *w))
-
-    class Recorder(torch.nn.Module):
-        cfg = model.cfg
-        def forward(self, x_sub, pos, attn_mask, cache=None):
-            logits, _ = model(x_sub, pos=pos, attn_mask=attn_mask, cache=cache)
-            seen[-1] += (pos, logits)
-            return logits, None
-
+    recorder, seen = recorded_passes(model, monkeypatch)
     trace = []
-    decode_latent(Recorder(), x, n_latent=4, order=order, n_candidates=2, latent_ranks='confidence',
+    decode_latent(recorder, x, n_latent=4, order=order, n_candidates=2, latent_ranks='confidence',
                   gen=torch.Generator().manual_seed(0), trace=trace)
     last_sure, checked = torch.zeros(x.shape[1]), 0
-    for (masked_sub, rank_sub, pos, logits), t in zip(seen, trace):
+    for (masked_sub, rank_sub, _, pos, logits), t in zip(seen, trace):
         row_pos, row_masked, row_rank = pos[0], masked_sub[0], rank_sub[0]
         latent = row_masked & t['latent'][row_pos]
         sure_l, rank_l = last_sure[row_pos[latent]], row_rank[latent]
@@ -133,11 +126,14 @@ def test_confidence_latent_ranks_order_the_chain_by_the_last_pass(order, monkeyp
     assert checked > 0 and last_sure.max() > 0
 
 
-def test_random_latent_ranks_are_the_default_draws():
+@pytest.mark.parametrize('order', ['random', 'top_prob'])
+def test_latent_ranks_change_nothing_without_latents(order):
+    """At k = 0 there is no chain to order: 'confidence' decodes exactly as 'random' (the paper's),
+    so ordering the chain draws nothing from the generator that the paper's sampler would not."""
     model, (_, x) = tiny_model(), puzzles(3)
-    runs = [decode_latent(model, x, n_latent=3, order='random', gen=torch.Generator().manual_seed(0), **extra)[0]
-            for extra in ({}, dict(latent_ranks='random'))]
-    assert torch.equal(*runs)
+    runs = [decode_latent(model, x, n_latent=0, order=order, latent_ranks=ranks, gen=torch.Generator().manual_seed(0))
+            for ranks in ('random', 'confidence')]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1]['positions'], runs[1][1]['positions'])
     with pytest.raises(ValueError, match='latent_ranks must be one of random, confidence'):
         decode_latent(model, x, latent_ranks='sure_first')
 
