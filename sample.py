@@ -224,7 +224,8 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
     decoded_rank = torch.full((B, T), -1.0, device=dev) if ordered else None   # givens -1, then pass number
     if latent_ranks not in LATENT_RANKS:
         raise ValueError(f'latent_ranks must be one of {", ".join(LATENT_RANKS)}, not {latent_ranks!r}')
-    last_sure = torch.zeros(B, T, device=dev)      # latent_ranks='confidence': each cell's latest top probability
+    if latent_ranks == 'confidence':               # each cell's top probability the last time it ran
+        last_sure = torch.zeros(B, T, device=dev)
     while True:
         masked = x == MASK
         remaining = masked.sum(1)
@@ -275,8 +276,7 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
         n_pass += 1
         token, probs = choose_tokens(logits, temperature, gen)
         if latent_ranks == 'confidence':   # remember how sure this pass was of each masked cell it ran
-            ran = torch.zeros_like(masked).scatter_(1, idx, masked_sub)
-            last_sure = torch.where(ran, torch.zeros_like(last_sure).scatter_(1, idx, probs.amax(-1).float()), last_sure)
+            last_sure.scatter_(1, idx, torch.where(masked_sub, probs.amax(-1).float(), last_sure.gather(1, idx)))
         front_sub = torch.gather(front, 1, idx) & valid
         if order == 'random':
             commit_sub = front_sub                        # D was chosen before the pass

@@ -399,8 +399,9 @@ class Countdown(Task):
 
     def check_problem(self, problem):
         parts = problem.split(',')
-        if len(parts) != self.options['n_numbers'] + 1 or not all(p.isdigit() for p in parts):
-            got = f'{len(parts) - 1} numbers and a target' if all(p.isdigit() for p in parts) else repr(problem)
+        digits = all(p.isdigit() for p in parts)
+        if len(parts) != self.options['n_numbers'] + 1 or not digits:
+            got = f'{len(parts) - 1} numbers and a target' if digits else repr(problem)
             raise ValueError(f'expected {self.options["n_numbers"]} numbers and a target, comma separated; '
                              f'got {got} (a model reads only the count it was trained on)')
         if max(int(p) for p in parts) > self.max_value:
