@@ -254,10 +254,13 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
         x_sub = torch.gather(x, 1, idx)
         masked_sub = torch.gather(masked, 1, idx) & valid
         rank = torch.where(latent, torch.rand(B, T, generator=gen, device=dev), torch.full((B, T), 2.0, device=dev))
-        if latent_ranks == 'confidence':   # the chain easiest first: sort the random order by confidence
-            chain = rank.argsort(1)
+        if latent_ranks == 'confidence':
+            # EXERCISE 9: the latent chain easiest first: rerank the latents by last_sure [B, T], the
+            # surest lowest, ties in the random order `rank` already holds; draw nothing from gen
+            chain = rank.argsort(1)                          # each row's positions in the random order
             chain = chain.gather(1, (-last_sure.gather(1, chain)).argsort(dim=1, stable=True))
             rank = torch.where(latent, chain.argsort(1).float() / T, rank)   # distinct, in [0, 1)
+            # END EXERCISE 9
         if ordered:                   # clean positions ranked by when they were decoded
             rank = torch.where(masked, rank, decoded_rank)
         rank_sub = torch.gather(rank, 1, idx)

@@ -101,6 +101,7 @@ def test_sampler_trimmed_passes_equal_full_untrimmed_passes(k, order, monkeypatc
     assert (dropped > 0) == (k != 'all')                              # k < all really trims
 
 
+@pytest.mark.exercise(9)
 @pytest.mark.parametrize('order', ['random', 'top_prob'])
 def test_confidence_latent_ranks_order_the_chain_by_the_last_pass(order, monkeypatch):
     """latent_ranks='confidence': in every pass the latents are ranked by the top probability
@@ -126,6 +127,7 @@ def test_confidence_latent_ranks_order_the_chain_by_the_last_pass(order, monkeyp
     assert checked > 0 and last_sure.max() > 0
 
 
+@pytest.mark.exercise(9)
 @pytest.mark.parametrize('order', ['random', 'top_prob'])
 def test_latent_ranks_change_nothing_without_latents(order):
     """At k = 0 there is no chain to order: 'confidence' decodes exactly as 'random' (the paper's),
