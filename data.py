@@ -4,6 +4,7 @@ content-disjoint train/val/test splits cached on disk, and the command line.
 
     python data.py --task=sudoku --size=9 --givens=30 --n=1000 --seed=0 --out=puzzles.txt
     python data.py --task=sudoku --size=9 --check=answers.txt     # last line: one JSON object
+    python data.py --task=sudoku --size=9 --check=a.txt --compare=b.txt   # b against a, puzzle by puzzle
     python data.py --task=zebra --show --n=1
     python data.py --bench                                        # examples generated per second
 """
@@ -206,6 +207,40 @@ def load_splits(task, n_train, n_val, n_test, seed=0, data_dir='data', progress=
 
 
 # ----------------------------------------------------------------------------------------------
+# Two decoders' answers to the same puzzles, compared puzzle by puzzle
+
+def paired_difference(base, other):
+    """Accuracy of `other` minus that of `base` on the same examples (lists of solved or not), with
+    the half-width of its 95% interval from the per-example differences (+1 won, -1 lost, 0 same):
+    puzzles flipping both ways, not the accuracies, are what make a small difference uncertain.
+    -> (difference, half_width, lost, won)"""
+    # EXERCISE 8: the difference, its 95% half-width from the per-puzzle differences, lost and won
+    n = len(base)
+    won = sum(o and not b for b, o in zip(base, other)); lost = sum(b and not o for b, o in zip(base, other))
+    d = (won - lost) / n
+    return d, 1.96 * math.sqrt(max((won + lost) / n - d * d, 0.0) / n), lost, won
+    # END EXERCISE 8
+
+
+def compare(task, base_path, base, base_right, other_path, other):
+    """--compare: the second file's answers against the first's (base_right: which of those are
+    valid), puzzle by puzzle, on the same puzzles in the same order: its accuracy minus the
+    first's, with the paired 95% interval."""
+    if len(other) != len(base):
+        sys.exit(f'error: {other_path} holds {len(other)} puzzles and {base_path} {len(base)}: '
+                 'a paired comparison needs the same puzzles in the same order')
+    for i, ((p, _), (q, _)) in enumerate(zip(base, other)):
+        if task.format_line(p) != task.format_line(q):
+            sys.exit(f'error: puzzle {i + 1} differs between {base_path} and {other_path}: '
+                     'a paired comparison needs the same puzzles in the same order')
+    right = [a is not None and task.failure(p, a) is None for p, a in other]
+    d, half, lost, won = paired_difference(base_right, right)
+    print(f'{sum(right)} of {len(other)} answers valid in {other_path}: {100 * d:+.1f} +- {100 * half:.1f} '
+          f'points against {base_path} (95% paired interval; lost {lost}, won {won})')
+    return dict(valid=sum(right), difference=d, half_width=half, lost=lost, won=won)
+
+
+# ----------------------------------------------------------------------------------------------
 # Command line
 
 @dataclass
@@ -217,6 +252,7 @@ class TasksCLI:
     out: str = ''               # write the examples here instead of printing them
     check: str = ''             # verify the answers in this file instead of generating
     skip_bad: bool = False      # with --check: skip and count malformed lines
+    compare: str = ''           # with --check: answers to the same puzzles, compared puzzle by puzzle
     show: bool = False          # print examples in a readable layout
     bench: bool = False         # examples generated per second, every task
 
@@ -224,31 +260,38 @@ class TasksCLI:
 def main(argv):
     args, options = parse_settings(TasksCLI(), argv, extra=sorted({p for t in TASKS for p in task_options(t)}))
     if args.bench:
-        refuse_unused(args, ['task', 'n', 'seed', 'split', 'out', 'check', 'skip_bad', 'show'], '--bench',
+        refuse_unused(args, ['task', 'n', 'seed', 'split', 'out', 'check', 'skip_bad', 'compare', 'show'], '--bench',
                       'it times every task at its own settings', extras=options)
         return bench()
     if args.check:
         refuse_unused(args, ['n', 'seed', 'split', 'out', 'show'], '--check', 'it reads answers from a file '
                       'and generates nothing')
     else:
-        refuse_unused(args, ['skip_bad'], 'generating', 'it skips malformed lines of a --check file')
+        refuse_unused(args, ['skip_bad', 'compare'], 'generating', 'it reads a --check file')
     try:
         task = get_task(args.task, **options)
     except (ValueError, TypeError) as e:
         sys.exit(f'error: {e}')
     if args.check:
+        def read(path):
+            result = read_examples(task, path, skip_bad=args.skip_bad)
+            return result if args.skip_bad else (result, [])
         try:
-            result = read_examples(task, args.check, skip_bad=args.skip_bad)
+            (examples, errors), (other, other_errors) = read(args.check), read(args.compare) if args.compare else ([], [])
         except (TaskFormatError, OSError) as e:
             sys.exit(f'error: {e}')
-        examples, errors = result if args.skip_bad else (result, [])
-        for e in errors: print('skipped', e)
-        failures = Counter('no answer' if a is None else task.failure(p, a) for p, a in examples)
+        for e in errors + other_errors: print('skipped', e)
+        outcomes = ['no answer' if a is None else task.failure(p, a) for p, a in examples]   # None: valid
+        failures = Counter(outcomes)
         valid = failures.pop(None, 0)
         print(f'{valid} of {len(examples)} answers valid')
         for reason, count in failures.most_common(): print(f'  {count} {reason}')
-        print(json.dumps({'task': task.name, 'n': len(examples), 'valid': valid, 'skipped': len(errors),
-                          'failures': dict(failures)}))
+        result = {'task': task.name, 'n': len(examples), 'valid': valid, 'skipped': len(errors),
+                  'failures': dict(failures)}
+        if args.compare:
+            result['compare'] = dict(compare(task, args.check, examples, [o is None for o in outcomes], args.compare,
+                                             other), skipped=len(other_errors))
+        print(json.dumps(result))
         return
     if args.n < 1:
         sys.exit(f'error: --n must be at least 1, got {args.n}')

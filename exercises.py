@@ -54,7 +54,7 @@ EXERCISES = {
         '--threshold=0 (98 to 99% on two CPUs we tried) in about 4x fewer forward passes per '
         'puzzle (5.6 to 5.7 against 24); --threshold=0.9 needs 2.6 but solves only 66 to 68%: a '
         'cell committed at 0.9 is wrong one time in ten', ()),
-    8: ('a paired comparison', 'reproduce.py: paired_difference',
+    8: ('a paired comparison', 'data.py: paired_difference',
         'won = puzzles `other` solves and `base` does not, lost = the reverse; the difference is '
         '(won - lost) / n, the mean of the per-puzzle differences (+1, -1 or 0); its 95% half-width '
         'is 1.96 sqrt(variance / n), the variance being their mean square, (won + lost) / n, minus '
@@ -62,7 +62,8 @@ EXERCISES = {
         'test_paired_difference_by_hand passes; `python reproduce.py --bench_cache '
         '--ckpt=out/mdlm/ckpt.pt --n=500` prints, for every cached row, its difference from the '
         'uncached row with that interval and the puzzles lost and won, and r = 1 (the uncached '
-        'decoder) loses and wins none', ()),
+        'decoder) loses and wins none; `python data.py --task=sudoku --size=6 --check=a.txt '
+        '--compare=b.txt` does the same for two answer files', ()),
     9: ("the latent chain's order", 'sample.py: decode_latent',
         'sort the latents by their random rank (rank.argsort), then stably by -last_sure, so that '
         'ties keep the random order; a latent\'s place in that order, divided by T, is its new rank '
@@ -72,7 +73,7 @@ EXERCISES = {
         'quick start\'s test puzzles than the paper\'s random chain (32.6% against 28.6% on an Intel '
         'Xeon with AMX)', (1, 3, 7)),
 }
-SOURCES = ('model.py', 'train_mdlm.py', 'train_ar_mtp.py', 'sample.py', 'tasks.py', 'reproduce.py')
+SOURCES = ('model.py', 'train_mdlm.py', 'train_ar_mtp.py', 'sample.py', 'tasks.py', 'data.py', 'reproduce.py')
 REGION = re.compile(r'^([ \t]*)# EXERCISE (\d+): [^\n]*\n.*?^[ \t]*# END EXERCISE \2\n', re.M | re.S)
 
 

@@ -39,6 +39,7 @@ from tasks import MASK
 from train_ar_mtp import ARConfig, objective
 from train_mdlm import TrainConfig, train
 from configurator import changed_settings, parse_settings, parse_value
+from data import paired_difference
 from utils import load_checkpoint, pick_device
 
 # C3 models: name -> the settings that differ (train_ar_mtp.objective turns them into loss,
@@ -338,19 +339,6 @@ def calibration(model, ckpt, taus, n, path, device, seed=0, batch_size=256):
     fig.tight_layout(); fig.savefig(path[:-len('.csv')] + '.png', dpi=110); plt.close(fig)
     print(f'wrote {path} and {path[:-len(".csv")]}.png')
     return rows, summary
-
-
-def paired_difference(base, other):
-    """Accuracy of `other` minus that of `base` on the same examples (lists of solved or not), with
-    the half-width of its 95% interval from the per-example differences (+1 won, -1 lost, 0 same):
-    puzzles flipping both ways, not the accuracies, are what make a small difference uncertain.
-    -> (difference, half_width, lost, won)"""
-    # EXERCISE 8: the difference, its 95% half-width from the per-puzzle differences, lost and won
-    n = len(base)
-    won = sum(o and not b for b, o in zip(base, other)); lost = sum(b and not o for b, o in zip(base, other))
-    d = (won - lost) / n
-    return d, 1.96 * math.sqrt(max((won + lost) / n - d * d, 0.0) / n), lost, won
-    # END EXERCISE 8
 
 
 def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 3, 4, 8, -1), rounds=3):

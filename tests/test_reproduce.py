@@ -71,19 +71,6 @@ def test_cache_benchmark_of_a_latent_checkpoint(trained_semi_causal):
         assert results[f'k={k} r=4']['positions_per_sample'] < results[f'k={k} r=0']['positions_per_sample']
 
 
-@pytest.mark.exercise(8)
-def test_paired_difference_by_hand():
-    from reproduce import paired_difference
-    # 4 puzzles: the second lost, the third and fourth won: +1/4; the per-puzzle differences
-    # (0, -1, +1, +1) have mean 1/4 and mean square 3/4, so variance 3/4 - 1/16 = 11/16
-    d, half, lost, won = paired_difference([True, True, False, False], [True, False, True, True])
-    assert (d, lost, won) == (0.25, 1, 2)
-    assert half == pytest.approx(1.96 * (11 / 16 / 4) ** 0.5)
-    assert paired_difference([True, False], [True, False]) == (0.0, 0.0, 0, 0)
-    d2, half2, lost2, won2 = paired_difference([True, False, True, True], [True, True, False, False])
-    assert (d2, lost2, won2) == (-0.25, 2, 1) and half2 == pytest.approx(half)   # swapped: sign flips, width stays
-
-
 def test_cache_benchmark_of_an_mdm_checkpoint(tmp_path):
     """(It crashed before MDM decoding had a cache: the AR rows' use_cache went to decode_mdm.)"""
     from reproduce import bench_cache

@@ -155,6 +155,7 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('data', ['--bench', '--houses=3'], '--bench does not use --houses'),
     ('data', ['--bench', '--task=zebra'], '--bench does not use --task'),
     ('data', ['--skip_bad'], 'generating does not use --skip_bad'),
+    ('data', ['--compare=b.txt'], 'generating does not use --compare'),
     ('sample', ['--skip_bad'], 'decoding without --input does not use --skip_bad'),
     ('data', ['--task=path_star', '--degree=0'], 'degree and arm_length must be at least 1'),
     ('data', ['--size=4', '--givens=2'], 'no 4x4 puzzle with 2 givens in 4096 random grids'),  # looped for ever

@@ -2,7 +2,7 @@
 import gzip, json, subprocess, sys, zipfile
 import numpy as np
 import pytest
-from data import TaskFormatError, generate, load_splits, make_splits, read_examples, write_examples
+from data import TaskFormatError, generate, load_splits, make_splits, paired_difference, read_examples, write_examples
 from tasks import MASK, SEP, get_task, sudoku_propagate, sudoku_solve, sudoku_units
 
 CONFIGS = [('sudoku', dict(size=4, givens=6)), ('sudoku', dict(size=6, givens=14)),
@@ -297,6 +297,44 @@ def test_cli_check_last_line_is_json(tmp_path):
     bad = subprocess.run([sys.executable, 'data.py', '--task=sudoku', '--size=4', '--check=/nonexistent'],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and 'Traceback' not in bad.stderr and 'nonexistent' in bad.stderr
+
+
+def test_cli_compare_counts_puzzles_won_and_lost(tmp_path):
+    """--compare: the second file's answers against the first's, puzzle by puzzle, with the
+    paired interval; files that do not hold the same puzzles in the same order are refused."""
+    task = get_task('sudoku', size=4, givens=6)
+    examples = generate(task, 5, seed=0, workers=1)
+    wrong = lambda i: (examples[i][0], examples[(i + 1) % 5][1])
+    base = [examples[0], wrong(1), wrong(2), examples[3], (examples[4][0], None)]   # 2 valid
+    other = [examples[0], examples[1], examples[2], wrong(3), examples[4]]        # 4 valid: lost 1, won 3
+    paths = {}
+    for name, run in [('base', base), ('other', other), ('shuffled', other[::-1]), ('short', other[:4])]:
+        paths[name] = tmp_path / f'{name}.txt'
+        write_examples(task, str(paths[name]), run)
+    cli = lambda a, b: subprocess.run([sys.executable, 'data.py', '--task=sudoku', '--size=4', f'--check={a}',
+                                       f'--compare={b}'], capture_output=True, text=True)
+    r = cli(paths['base'], paths['other'])
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result['valid'] == 2
+    d, half, lost, won = paired_difference([True, False, False, True, False], [True, True, True, False, True])
+    assert (lost, won, d) == (1, 3, 0.4) and result['compare'] == dict(valid=4, difference=d, half_width=half, lost=1, won=3, skipped=0)
+    assert '+40.0 +- ' in r.stdout
+    for bad, why in [('shuffled', 'puzzle 1 differs'), ('short', 'holds 4 puzzles')]:
+        r = cli(paths['base'], paths[bad])
+        assert r.returncode != 0 and why in r.stderr and 'Traceback' not in r.stderr
+
+
+@pytest.mark.exercise(8)
+def test_paired_difference_by_hand():
+    # 4 puzzles: the second lost, the third and fourth won: +1/4; the per-puzzle differences
+    # (0, -1, +1, +1) have mean 1/4 and mean square 3/4, so variance 3/4 - 1/16 = 11/16
+    d, half, lost, won = paired_difference([True, True, False, False], [True, False, True, True])
+    assert (d, lost, won) == (0.25, 1, 2)
+    assert half == pytest.approx(1.96 * (11 / 16 / 4) ** 0.5)
+    assert paired_difference([True, False], [True, False]) == (0.0, 0.0, 0, 0)
+    d2, half2, lost2, won2 = paired_difference([True, False, True, True], [True, True, False, False])
+    assert (d2, lost2, won2) == (-0.25, 2, 1) and half2 == pytest.approx(half)   # swapped: sign flips, width stays
 
 
 def test_path_star_failures_name_the_clever_hans_guess():
