@@ -67,7 +67,8 @@ EXERCISES = {
     9: ("the latent chain's order", 'sample.py: decode_latent',
         'sort the latents by their random rank (rank.argsort), then stably by -last_sure, so that '
         'ties keep the random order; a latent\'s place in that order, divided by T, is its new rank '
-        '(distinct, below the 2.0 of D and the candidates). Leave every other position\'s rank as it is.',
+        '(distinct, below the 2.0 of D and the candidates). Leave every other position\'s rank as it is, '
+        'and draw nothing from gen.',
         'test_confidence_latent_ranks_order_the_chain_by_the_last_pass passes; `python sample.py '
         '--ckpt=out/mdlm/ckpt.pt --n=500 --order=random --latent_ranks=confidence` solves more of the '
         'quick start\'s test puzzles than the paper\'s random chain (32.6% against 28.6% on an Intel '
