@@ -277,9 +277,9 @@ class Sudoku(Task):
             raise ValueError('expected "puzzle" or "puzzle,solution"')
         problem = fields[0].replace('0', '.')
         self.check_problem(problem)
+        # an answer is read as written: what a model wrote may hold any symbol of the vocabulary (a 7
+        # on 6x6, a '.', a short row where it wrote PAD), and judging it is verify's job, not the reader's
         answer = fields[1] if len(fields) == 2 and fields[1] else None
-        if answer is not None and (len(answer) != self.n ** 2 or set(answer) - set('123456789'[:self.n])):
-            raise ValueError(f'solution must be {self.n ** 2} digits 1..{self.n}')
         return problem, answer
 
     def format_line(self, problem, answer=None):
@@ -326,10 +326,7 @@ class SudokuGen(Sudoku):
         if problem: raise ValueError('sudoku_gen has no prompt')
 
     def parse_line(self, line):
-        grid = line.split()[0] if line.split() else ''
-        if len(grid) != self.n ** 2 or set(grid) - set('123456789'[:self.n]):
-            raise ValueError(f'expected a grid of {self.n ** 2} digits 1..{self.n}')
-        return '', grid
+        return '', line.split()[0]       # read as written, as sudoku's answers are (verify judges it)
 
     def format_line(self, problem, answer=None):
         return answer or ''

@@ -3,7 +3,7 @@ import gzip, json, subprocess, sys, zipfile
 import numpy as np
 import pytest
 from data import TaskFormatError, generate, load_splits, make_splits, paired_difference, read_examples, write_examples
-from tasks import MASK, SEP, get_task, sudoku_propagate, sudoku_solve, sudoku_units
+from tasks import MASK, PAD, SEP, get_task, sudoku_propagate, sudoku_solve, sudoku_units
 
 CONFIGS = [('sudoku', dict(size=4, givens=6)), ('sudoku', dict(size=6, givens=14)),
            ('sudoku', dict(size=9, givens=30)), ('sudoku_gen', dict(size=6)),
@@ -298,6 +298,31 @@ def test_cli_check_last_line_is_json(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode != 0 and 'Traceback' not in bad.stderr and 'nonexistent' in bad.stderr
 
+
+
+@pytest.mark.parametrize('name', ['sudoku', 'sudoku_gen'])
+def test_any_answer_a_model_can_write_is_read_and_judged(name, tmp_path):
+    """Decoding bars only MASK and SEP, so a Sudoku model can write any other symbol of its
+    vocabulary: an 8 on 6x6, a '.', or PAD, which ends the answer early. sample.py --output writes
+    it as it is; --check must count it invalid, not refuse the file (it did, for an 8 that a 6x6
+    model wrote: 'solution must be 36 digits 1..6')."""
+    task = get_task(name, size=6, givens=12) if name == 'sudoku' else get_task(name, size=6)
+    (p, a), = generate(task, 1, seed=0, workers=1)
+    ids, _ = task.encode(p, a)
+    written = [(p, task.decode_answer(ids))]
+    for token in [task.stoi['8'], task.stoi['.'] if '.' in task.stoi else task.stoi['9'], PAD]:
+        wrong = ids.copy()
+        wrong[task.prompt_len + 1 + 5] = token
+        written.append((p, task.decode_answer(wrong)))
+    assert len(written[-1][1]) == 5 and '8' in written[1][1]
+    path = tmp_path / 'answers.txt'
+    write_examples(task, str(path), written)
+    assert [a for _, a in read_examples(task, str(path))] == [a for _, a in written]
+    out = subprocess.run([sys.executable, 'data.py', f'--task={name}', '--size=6', f'--check={path}'],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result['valid'] == 1 and result['failures'] == {'invalid': 3}
 
 def test_cli_compare_counts_puzzles_won_and_lost(tmp_path):
     """--compare: the second file's answers against the first's, puzzle by puzzle, with the
