@@ -277,7 +277,8 @@ def main(argv):
             result = read_examples(task, path, skip_bad=args.skip_bad)
             return result if args.skip_bad else (result, [])
         try:
-            (examples, errors), (other, other_errors) = read(args.check), read(args.compare) if args.compare else ([], [])
+            examples, errors = read(args.check)
+            other, other_errors = read(args.compare) if args.compare else ([], [])
         except (TaskFormatError, OSError) as e:
             sys.exit(f'error: {e}')
         for e in errors + other_errors: print('skipped', e)
