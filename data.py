@@ -222,6 +222,12 @@ def paired_difference(base, other):
     # END EXERCISE 8
 
 
+def answer_failures(task, examples):
+    """Why each answer fails, in order: None for a valid one, 'no answer' for a puzzle without one,
+    else the task's reason (--check counts them; --compare reads which are None)."""
+    return ['no answer' if a is None else task.failure(p, a) for p, a in examples]
+
+
 def compare(task, base_path, base, base_right, other_path, other):
     """--compare: the second file's answers against the first's (base_right: which of those are
     valid), puzzle by puzzle, on the same puzzles in the same order: its accuracy minus the
@@ -233,7 +239,7 @@ def compare(task, base_path, base, base_right, other_path, other):
         if task.format_line(p) != task.format_line(q):
             sys.exit(f'error: puzzle {i + 1} differs between {base_path} and {other_path}: '
                      'a paired comparison needs the same puzzles in the same order')
-    right = [a is not None and task.failure(p, a) is None for p, a in other]
+    right = [f is None for f in answer_failures(task, other)]
     d, half, lost, won = paired_difference(base_right, right)
     print(f'{sum(right)} of {len(other)} answers valid in {other_path}: {100 * d:+.1f} +- {100 * half:.1f} '
           f'points against {base_path} (95% paired interval; lost {lost}, won {won})')
@@ -282,7 +288,7 @@ def main(argv):
         except (TaskFormatError, OSError) as e:
             sys.exit(f'error: {e}')
         for e in errors + other_errors: print('skipped', e)
-        outcomes = ['no answer' if a is None else task.failure(p, a) for p, a in examples]   # None: valid
+        outcomes = answer_failures(task, examples)
         failures = Counter(outcomes)
         valid = failures.pop(None, 0)
         print(f'{valid} of {len(examples)} answers valid')
