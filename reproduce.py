@@ -89,8 +89,8 @@ SCALES = {
                               n_layer=6, learning_rate=1e-3, max_iters=8000, eval_interval=8000, eval_n=200),
                       ar_models='AR,AR+MTP', n_test=500, ks='', windows=''),
     # c2_long: the cpu scale's diffusion models with SCDM (and SIDM, its k = 0 reference) trained
-    # 8x MDM's steps: what it takes for the dial's top in random order to reach MDM (past the hour;
-    # results/studies.md). No C3 models.
+    # 8x MDM's steps, where the cpu scale gives them 5x: the dial's top in random order at or
+    # above MDM's level (past the hour; results/studies.md). No C3 models.
     'c2_long': dict(diffusion=CPU_SUDOKU, longer=dict(SIDM=6400, SCDM=6400), ar=None, ar_models='',
                     n_test=300, ks='0,1,2,4,8,16,all', windows=''),
     # sudoku9: C1 and C2 on 9x9 Sudoku (30 givens), the paper's task, on a CPU: the three diffusion
