@@ -299,7 +299,6 @@ def test_cli_check_last_line_is_json(tmp_path):
     assert bad.returncode != 0 and 'Traceback' not in bad.stderr and 'nonexistent' in bad.stderr
 
 
-
 @pytest.mark.parametrize('name', ['sudoku', 'sudoku_gen'])
 def test_any_answer_a_model_can_write_is_read_and_judged(name, tmp_path):
     """Decoding bars only MASK and SEP, so a Sudoku model can write any other symbol of its
@@ -323,6 +322,7 @@ def test_any_answer_a_model_can_write_is_read_and_judged(name, tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result['valid'] == 1 and result['failures'] == {'invalid': 3}
+
 
 def test_cli_compare_counts_puzzles_won_and_lost(tmp_path):
     """--compare: the second file's answers against the first's, puzzle by puzzle, with the
