@@ -77,7 +77,7 @@ SCALES = {
                 longer=dict(SIDM=4000, SCDM=4000),
                 ar=dict(task='sudoku', task_options=dict(size=6, givens=12, layout='prompt'), max_iters=600,
                         eval_interval=600, eval_n=100),
-                ar_models='AR,AR+MTP', n_test=300, ks='0,1,2,4,8,16,all', windows=''),
+                ar_models='AR,AR+MTP', n_test=1000, ks='0,1,2,4,8,16,all', windows=''),
     # path_star: C3 on path-star graphs alone (76 minutes a seed on 2 cores: past the cpu scale's
     # hour). Degree 2, arm 4: a model that follows edges but does not plan solves about half (the
     # Clever-Hans failure). At arm 3 plain AR learns to plan within 8,000 steps (results/studies.md).
