@@ -329,7 +329,9 @@ class SudokuGen(Sudoku):
         return '', line.split()[0]       # read as written, as sudoku's answers are (verify judges it)
 
     def format_line(self, problem, answer=None):
-        return answer or ''
+        # no answer (a model that wrote PAD first) as a blank grid: a blank line is skipped on
+        # reading, and the file would lose a row (--compare pairs files row by row)
+        return answer or '.' * self.n ** 2
 
     def show(self, problem, answer=None, marks=None):
         return '\n'.join(self.grid(answer or '.' * self.n ** 2, marks))

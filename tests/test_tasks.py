@@ -304,24 +304,29 @@ def test_any_answer_a_model_can_write_is_read_and_judged(name, tmp_path):
     """Decoding bars only MASK and SEP, so a Sudoku model can write any other symbol of its
     vocabulary: an 8 on 6x6, a '.', or PAD, which ends the answer early. sample.py --output writes
     it as it is; --check must count it invalid, not refuse the file (it did, for an 8 that a 6x6
-    model wrote: 'solution must be 36 digits 1..6')."""
+    model wrote: 'solution must be 36 digits 1..6'). An answer that starts with PAD is empty, and
+    its row must survive too: --compare pairs two files row by row."""
     task = get_task(name, size=6, givens=12) if name == 'sudoku' else get_task(name, size=6)
     (p, a), = generate(task, 1, seed=0, workers=1)
     ids, _ = task.encode(p, a)
     written = [(p, task.decode_answer(ids))]
-    for token in [task.stoi['8'], task.stoi['.'] if '.' in task.stoi else task.stoi['9'], PAD]:
+    for cell, token in [(5, task.stoi['8']), (5, task.stoi['.'] if '.' in task.stoi else task.stoi['9']),
+                        (5, PAD), (0, PAD)]:
         wrong = ids.copy()
-        wrong[task.prompt_len + 1 + 5] = token
+        wrong[task.prompt_len + 1 + cell] = token
         written.append((p, task.decode_answer(wrong)))
-    assert len(written[-1][1]) == 5 and '8' in written[1][1]
+    assert '8' in written[1][1] and len(written[3][1]) == 5 and written[4][1] == ''
     path = tmp_path / 'answers.txt'
     write_examples(task, str(path), written)
-    assert [a for _, a in read_examples(task, str(path))] == [a for _, a in written]
+    read = [a for _, a in read_examples(task, str(path))]
+    # the empty answer comes back as no answer (sudoku) or a blank grid (sudoku_gen: one grid a line)
+    assert read[:4] == [a for _, a in written[:4]] and read[4:] == [None if name == 'sudoku' else '.' * 36]
     out = subprocess.run([sys.executable, 'data.py', f'--task={name}', '--size=6', f'--check={path}'],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result['valid'] == 1 and result['failures'] == {'invalid': 3}
+    assert result['valid'] == 1
+    assert result['failures'] == ({'invalid': 3, 'no answer': 1} if name == 'sudoku' else {'invalid': 4})
 
 
 def test_cli_compare_counts_puzzles_won_and_lost(tmp_path):
