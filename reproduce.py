@@ -186,10 +186,19 @@ def sweep_latent(model, ckpt, task, examples, ks, refs, prefix, device):
     decoded by the same rule. refs: {attn: decode_both_orders(...) of that model on the same
     examples}. Writes <prefix>.csv and .json; returns the rows."""
     rows = []
+    most_masked = max(int((task.encode(p)[0] == MASK).sum()) for p, _ in examples)
     for order, rule in ORDERS.items():
+        decoded = {}
         for k in ks.split(','):
-            dec = dict(DECODERS['latent'][1], method='latent', n_latent=k if k == 'all' else int(k), **rule)
-            r = evaluate(model, task, examples, ckpt['attn'], dec, device=device)
+            # a count that leaves every masked cell but D (or the candidates) a latent decodes as
+            # 'all' does, bit for bit (tests/test_sample.py): decoded once (on 6x6, k = 16 with 8
+            # candidates among 24 blanks)
+            dec = dict(DECODERS['latent'][1], method='latent', **rule)
+            front = dec['tokens_per_step'] if order == 'random' else dec['n_candidates']
+            n_latent = 'all' if k == 'all' or (front > 0 and int(k) >= most_masked - front) else int(k)
+            if n_latent not in decoded:
+                decoded[n_latent] = evaluate(model, task, examples, ckpt['attn'], dict(dec, n_latent=n_latent), device=device)
+            r = decoded[n_latent]
             rows.append(dict(order=order, k=k, **{c: r[c] for c in COST_COLUMNS}))
             print(f'{order:8s} k={k:>4}: accuracy {r["accuracy"]:.1%}, {r["positions_per_sample"]:.0f} positions/puzzle')
         for attn, by_order in refs.items():

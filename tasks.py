@@ -325,12 +325,14 @@ class SudokuGen(Sudoku):
     def check_problem(self, problem):
         if problem: raise ValueError('sudoku_gen has no prompt')
 
-    def parse_line(self, line):
-        return '', line.split()[0]       # read as written, as sudoku's answers are (verify judges it)
+    def parse_line(self, line):     # read as written, as sudoku's answers are (verify judges it)
+        answer = line.split()[0]
+        return '', None if set(answer) == {'.'} else answer      # a blank grid: no answer
 
     def format_line(self, problem, answer=None):
-        # no answer (a model that wrote PAD first) as a blank grid: a blank line is skipped on
-        # reading, and the file would lose a row (--compare pairs files row by row)
+        # no answer (a model that wrote PAD first) as a blank grid, not a blank line: the reader
+        # skips those, and the file would lose a row (--compare pairs files row by row). '.' is
+        # not in this task's vocabulary, so a model cannot write a blank grid as its answer.
         return answer or '.' * self.n ** 2
 
     def show(self, problem, answer=None, marks=None):

@@ -34,12 +34,17 @@ def puzzles(n, seed=0):
 @pytest.mark.parametrize('order', ['random', 'top_prob'])
 def test_a_latent_count_above_the_masked_cells_decodes_as_all(order):
     """A latent count is an upper bound: with more than the masked cells left besides D (or the
-    candidates), every one is a latent, so the answers and positions equal n_latent='all' exactly."""
+    candidates), every one is a latent, so the answers and positions equal n_latent='all' exactly:
+    from the count that leaves only D (or the candidates) outside the latents on the first pass
+    (reproduce.py's sweep decodes such a count once, as 'all')."""
     model, (_, x) = tiny_model(), puzzles(4)                      # 10 blanks per puzzle
+    assert int((x == MASK).sum(1).max()) == 10
+    at_most = 10 - (1 if order == 'random' else 3)                # D is 1 cell, or 3 candidates
     runs = [decode_latent(model, x, n_latent=k, order=order, n_candidates=3, gen=torch.Generator().manual_seed(0))
-            for k in (100, 'all', 4)]
-    (a, sa), (b, sb), (c, sc) = runs
+            for k in (100, 'all', 4, at_most)]
+    (a, sa), (b, sb), (c, sc), (d, sd) = runs
     assert torch.equal(a, b) and torch.equal(sa['positions'], sb['positions'])
+    assert torch.equal(d, b) and torch.equal(sd['positions'], sb['positions'])
     assert (sc['positions'] < sb['positions']).all()              # a count below it is not all
 
 
