@@ -30,16 +30,17 @@ model must be right about whatever cell it is handed. 'top_prob' decodes the mos
 8 random candidate cells (the same rule for MDM, SIDM and the semi-causal model): on small grids
 it lets even an independent model steer around the hard cells, so it flatters SIDM.
 """
-import dataclasses, json, math, os, platform, statistics, sys, time
+import dataclasses, json, math, multiprocessing, os, platform, statistics, sys, time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 import torch
 from tqdm import tqdm
 from sample import DECODERS, checkpoint_examples, choose_tokens, commit_rule, decoder_value_ok, evaluate, random_subset
 from model import attention_mask
-from tasks import MASK
+from tasks import MASK, get_task
 from train_ar_mtp import ARConfig, objective
 from train_mdlm import TrainConfig, train
 from configurator import changed_settings, parse_settings, parse_value
-from data import paired_difference
+from data import load_splits, paired_difference
 from utils import load_checkpoint, pick_device
 
 # C3 models: name -> the settings that differ (train_ar_mtp.objective turns them into loss,
@@ -131,12 +132,62 @@ def scale_settings(spec):
     return spec
 
 
+def scale_models(scale, seed, out, device):
+    """Every model a scale trains for one seed: name -> its training settings (TrainConfig for
+    the diffusion models of C1 and C2, ARConfig for the C3 ones), checkpoint in <out>/ckpt/."""
+    models = {}
+    for name, attn in DIFFUSION_MODELS.items() if scale['diffusion'] is not None else ():
+        steps = scale.get('longer', {}).get(name)
+        differ = dict(max_iters=steps, eval_interval=steps) if steps else {}
+        models[name] = TrainConfig(**{'task': 'sudoku', **scale_settings(scale['diffusion']), 'attn': attn, **differ})
+    for name, differ in scale_ar_models(scale).items():
+        models[name] = ARConfig(**{**scale_settings(scale['ar']), **differ})
+    return {name: dataclasses.replace(c, seed=seed, device=device, out_dir=f'{out}/ckpt/{name}_seed{seed}')
+            for name, c in models.items()}
+
+
+def train_model(c, quiet=False):
+    """Train one model of a scale (a checkpoint in c.out_dir is continued) -> its checkpoint path."""
+    return train(c, *(objective(c) if isinstance(c, ARConfig) else ()), quiet=quiet, same_settings=True)[1]
+
+
+def timed_training(c):
+    """One model in a worker process of --processes: minutes of training."""
+    t = time.time()
+    train_model(c, quiet=True)
+    return (time.time() - t) / 60
+
+
+def train_side_by_side(models, processes):
+    """--processes=N: train the models (key -> settings) N at a time, each in a process of its own
+    with 1/N of the cores, the longest first; -> {key: minutes}. Why: a model this small keeps a
+    second core only partly busy (6x6 SCDM on 2 cores of a Xeon: 85 ms a step with 2 threads, 147
+    with 1; two 1-thread processes side by side 152 ms each, so 1.12x the steps per second).
+    Each worker trains exactly what a run of one model at a time trains (tests/test_reproduce.py),
+    but with fewer threads, and some of PyTorch's CPU matrix products sum in an order that depends
+    on the thread count: a model can come out different in the last bits (on the cpu scale the
+    AR models do, the diffusion models do not; README, Results)."""
+    for c in models.values():          # the data first, in this process: the workers only read it
+        load_splits(get_task(c.task, **c.task_options), c.n_train, c.n_val, c.n_test, c.data_seed, c.data_dir,
+                    progress=True)
+    cost = lambda c: c.max_iters * get_task(c.task, **c.task_options).seq_len     # steps x tokens
+    threads = max(1, torch.get_num_threads() // processes)
+    # 'spawn': a process forked from one whose torch threads are running can hang
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context('spawn'),
+                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(timed_training, models[key]): key for key in sorted(models, key=lambda k: -cost(models[k]))}
+        bar = tqdm(as_completed(futures), total=len(futures), desc=f'training, {processes} models at a time')
+        return {futures[f]: f.result() for f in bar}
+
+
 @dataclasses.dataclass
 class ReproduceConfig:
     scale: str = 'cpu'         # smoke | cpu | path_star | c2_long | sudoku9 | sudoku9_long | gpu (SCALES)
     seeds: str = '0,1,2'       # one full run per seed
     out: str = ''              # default: results/ for the cpu scale, results/<scale>/ for the others
     device: str = 'auto'
+    processes: int = 1         # a scale run on a CPU: train this many models at a time, each in a process
+                               # of its own with its share of the cores (the same weights, sooner)
     table: bool = False        # only (re)write <out>/table.md and dial.png from <out>/summary.json
     # one sweep or benchmark on existing checkpoints instead of the whole reproduction
     ckpt: str = ''
@@ -437,15 +488,16 @@ def check_job(cfg):
         raise SystemExit(f'error: --{jobs[0]} needs --ckpt=PATH (the checkpoint it studies)')
     if cfg.table and jobs:
         raise SystemExit(f'error: --table rewrites a scale run\'s files; it cannot be combined with --{jobs[0]}')
-    ignored = changed_settings(cfg, ['scale', 'seeds', 'out'] if jobs else
-                               ['seeds', 'device', 'ckpt', 'ref_ckpts', 'n'] if cfg.table else ['ckpt', 'ref_ckpts', 'n'])
+    ignored = changed_settings(cfg, ['scale', 'seeds', 'out', 'processes'] if jobs else
+                               ['seeds', 'device', 'processes', 'ckpt', 'ref_ckpts', 'n'] if cfg.table else
+                               ['ckpt', 'ref_ckpts', 'n'])
     if cfg.ref_ckpts and jobs != ['sweep_latent']:
         ignored.append('--ref_ckpts')
     if ignored:
         job = f'--{jobs[0]}' if jobs else '--table' if cfg.table else f'a --scale={cfg.scale} run'
         raise SystemExit(f'error: {job} does not use {", ".join(sorted(set(ignored)))} '
                          f'(--ckpt, --n: the jobs {", ".join("--" + j for j in CKPT_JOBS)}; '
-                         '--ref_ckpts: --sweep_latent; --scale, --seeds, --out: a scale run)')
+                         '--ref_ckpts: --sweep_latent; --scale, --seeds, --out, --processes: a scale run)')
 
 
 def check_lists(cfg):
@@ -461,6 +513,8 @@ def check_lists(cfg):
             raise SystemExit(f'error: --{key} must be a comma-separated list of {what}, got {items!r}')
     if cfg.n < 1:
         raise SystemExit(f'error: --n must be at least 1, got {cfg.n}')
+    if cfg.processes < 1:
+        raise SystemExit(f'error: --processes must be at least 1, got {cfg.processes}')
 
 
 def main(argv):
@@ -504,29 +558,40 @@ def main(argv):
         prefix = os.path.join(os.path.dirname(cfg.ckpt), 'sweep_latent')
         rows = sweep_latent(model, ckpt, task, examples, cfg.sweep_latent, refs, prefix, device)
         return plot_dial(rows, prefix + '.png', f'{cfg.ckpt}, {cfg.n} test puzzles')
+    if cfg.processes > 1 and device != 'cpu':
+        raise SystemExit(f'error: --processes shares out a CPU\'s cores; on {device} train one model at a time '
+                         '(leave --processes at 1)')
     scale = SCALES[cfg.scale]
     n_test, seeds = scale['n_test'], [int(s) for s in cfg.seeds.split(',')]
     os.makedirs(cfg.out, exist_ok=True)
     t_start, rows, sweeps = time.time(), [], []
     # where the time goes (written to summary.json as it is)
     timing = dict(wall_clock_minutes=0.0, minutes_per_seed=[], training_minutes_per_seed={}, resumed_checkpoints=[])
+    models = {(name, seed): c for seed in seeds for name, c in scale_models(scale, seed, cfg.out, cfg.device).items()}
+    continued = {key for key, c in models.items() if os.path.exists(f'{c.out_dir}/ckpt.pt')}
+    trained = {}                       # (name, seed) -> minutes, of the models trained side by side
+    if cfg.processes > 1:
+        trained = train_side_by_side({k: c for k, c in models.items() if k not in continued}, cfg.processes)
+        timing.update(processes=cfg.processes, side_by_side_minutes=(time.time() - t_start) / 60)
     for seed in seeds:
         t_seed = time.time()
-        ckpt_path = lambda name: f'{cfg.out}/ckpt/{name}_seed{seed}/ckpt.pt'
 
-        def run(name, c, *objective_):
+        def run(name):
             """Train one model (a checkpoint on disk is continued, and a finished one only evaluated:
             a rerun continues a killed run or adds seeds); return it, its checkpoint, its task and
             its first n_test test puzzles. Continued models are listed, not timed: their training
             happened (at least partly) in an earlier run."""
-            c = dataclasses.replace(c, seed=seed, device=cfg.device, out_dir=os.path.dirname(ckpt_path(name)),
-                                    resume=os.path.exists(ckpt_path(name)))
-            t_train = time.time()
-            model, ck = load_checkpoint(train(c, *objective_, quiet=cfg.scale == 'smoke', same_settings=True)[1], device)
-            if c.resume:
+            c, t_train = models[name, seed], time.time()
+            if (name, seed) in trained:                 # done above, side by side with others
+                path, minutes = f'{c.out_dir}/ckpt.pt', trained[name, seed]
+            else:
+                path = train_model(dataclasses.replace(c, resume=(name, seed) in continued), quiet=cfg.scale == 'smoke')
+                minutes = (time.time() - t_train) / 60
+            model, ck = load_checkpoint(path, device)
+            if (name, seed) in continued:
                 timing['resumed_checkpoints'].append(f'{name} seed {seed}')
             else:
-                timing['training_minutes_per_seed'].setdefault(name, []).append((time.time() - t_train) / 60)
+                timing['training_minutes_per_seed'].setdefault(name, []).append(minutes)
             return (model, ck, *checkpoint_examples(ck, 'test', n_test))
 
         def record(finding, name, decoding, task, r):
@@ -536,12 +601,7 @@ def main(argv):
 
         # C1 and C2: three diffusion models on Sudoku, identical but for the attention structure
         # (a scale with diffusion=None runs C3 only)
-        diffusion = {}
-        for name, attn in DIFFUSION_MODELS.items() if scale['diffusion'] is not None else ():
-            steps = scale.get('longer', {}).get(name)
-            differ = dict(max_iters=steps, eval_interval=steps) if steps else {}
-            diffusion[name] = run(name, TrainConfig(**{'task': 'sudoku', **scale_settings(scale['diffusion']),
-                                                       'attn': attn, **differ}))
+        diffusion = {name: run(name) for name in DIFFUSION_MODELS if (name, seed) in models}
         decoded = {name: decode_both_orders(model, ck, task, test, device)
                    for name, (model, ck, task, test) in diffusion.items() if name != 'SCDM'}
         if diffusion:
@@ -557,10 +617,9 @@ def main(argv):
                 record('C1', name, order, task, r)
         # C3: the scale's AR models (AR, AR+MTP, the NTP-only ablation where listed), same task and
         # budget; one AR+MTP model per window
-        for name, differ in scale_ar_models(scale).items():
-            c = ARConfig(**{**scale_settings(scale['ar']), **differ})
-            loss, attn, dec = objective(c)
-            model, ck, task, test = run(name, c, loss, attn, dec)
+        for name in scale_ar_models(scale):
+            model, ck, task, test = run(name)
+            _, attn, dec = objective(models[name, seed])
             record('C3', name, 'left_to_right', task, evaluate(model, task, test, attn, dec, device=device))
         timing['minutes_per_seed'].append((time.time() - t_seed) / 60)
         timing['wall_clock_minutes'] = (time.time() - t_start) / 60
@@ -659,9 +718,13 @@ def write_table(out_dir):
              '| model | decoding | accuracy % (mean) | per seed |', '|---|---|---|---|']
     if s.get('training_minutes_per_seed'):
         mins = s['training_minutes_per_seed']
-        lines[1:1] = ['', 'Minutes per seed: ' + ' / '.join(f'{m:.1f}' for m in s['minutes_per_seed'])
-                      + '; of which training (mean over the seeds this run trained it) '
-                      + ', '.join(f'{name} {sum(m) / len(m):.1f}' for name, m in mins.items()) + '; the rest is evaluation.']
+        each = ', '.join(f'{name} {sum(m) / len(m):.1f}' for name, m in mins.items())
+        per_seed = ' / '.join(f'{m:.1f}' for m in s['minutes_per_seed'])
+        lines[1:1] = ['', f'Minutes per seed: {per_seed}; of which training (mean over the seeds this run trained '
+                      f'it) {each}; the rest is evaluation.' if not s.get('processes') else
+                      f'Trained {s["processes"]} models at a time first, each in its own process: '
+                      f'{s["side_by_side_minutes"]:.1f} minutes (a model\'s own minutes, mean over the seeds: {each}); '
+                      f'then evaluation, minutes per seed: {per_seed}.']
     if s.get('resumed_checkpoints'):
         lines[1:1] = ['', 'Continued from checkpoints an earlier run left in the folder (their training is not '
                       'in these minutes; a finished one is only evaluated): ' + ', '.join(s['resumed_checkpoints']) + '.']

@@ -2,6 +2,7 @@
 (This checks the pipeline, not the scientific outcome.)"""
 import csv, json, shutil
 import pytest
+import torch
 import reproduce
 from utils import load_checkpoint
 
@@ -121,6 +122,36 @@ def test_a_scale_without_diffusion_models_runs_c3_only_and_keeps_finished_seeds(
     with pytest.raises(SystemExit, match=r'AR_seed0/ckpt.pt was trained with other settings \(learning_rate: 0.003 -> 0.0001\)'):
         reproduce.main(['--scale=c3_only', '--seeds=0'])
     assert (out / 'ckpt' / 'AR_seed0' / 'ckpt.pt').read_bytes() == before
+
+
+def test_models_trained_side_by_side_are_the_models_a_run_of_one_at_a_time_trains(tmp_path, monkeypatch):
+    """--processes=2: each model is trained in a worker process with the settings, data and seed
+    of a run that trains one model at a time, and the run then only evaluates it. Both runs use
+    one thread a model here: PyTorch's CPU matrix products may sum in an order that depends on
+    the thread count, and only with the same count are the numbers the same bit for bit."""
+    monkeypatch.setitem(reproduce.SCALES, 'tiny', dict(reproduce.SCALES['smoke'], ar_models='AR', windows='',
+                                                      n_test=8, ks='0,all'))
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reproduce.main(['--scale=tiny', '--seeds=0', '--out=one'])
+        shutil.copytree('one/ckpt/MDM_seed0', 'two/ckpt/MDM_seed0')   # a finished model: only evaluated
+        trained_here, train = [], reproduce.train
+        monkeypatch.setattr(reproduce, 'train', lambda c, *a, **k: trained_here.append(c.attn) or train(c, *a, **k))
+        reproduce.main(['--scale=tiny', '--seeds=0', '--out=two', '--processes=2'])
+    finally:
+        torch.set_num_threads(threads)
+    assert trained_here == ['full']                # the others were trained in the workers, not here
+    assert (tmp_path / 'one' / 'models.csv').read_text() == (tmp_path / 'two' / 'models.csv').read_text()
+    for name in ('MDM', 'SIDM', 'SCDM', 'AR'):
+        one, two = (load_checkpoint(f'{tmp_path}/{out}/ckpt/{name}_seed0/ckpt.pt')[0].state_dict() for out in ('one', 'two'))
+        assert all(torch.equal(one[k], two[k]) for k in one), name
+    summary = json.load(open(tmp_path / 'two' / 'summary.json'))
+    assert summary['processes'] == 2 and summary['resumed_checkpoints'] == ['MDM seed 0']
+    assert set(summary['training_minutes_per_seed']) == {'SIDM', 'SCDM', 'AR'}
+    assert 0 < summary['side_by_side_minutes'] <= summary['wall_clock_minutes']
+    assert 'Trained 2 models at a time first' in (tmp_path / 'two' / 'table.md').read_text()
 
 
 def test_a_scale_without_ar_models_runs_c1_and_c2_only_with_longer_steps(tmp_path, monkeypatch):

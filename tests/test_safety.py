@@ -150,6 +150,9 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('reproduce', ['--bench_cache', '--ckpt=x.pt', '--ref_ckpts=y.pt'], '--bench_cache does not use --ref_ckpts'),
     ('reproduce', ['--table', '--n=5'], '--table does not use --n'),
     ('reproduce', ['--table', '--out=nowhere'], 'nowhere/summary.json does not exist'),   # was: a traceback
+    ('reproduce', ['--processes=0'], '--processes must be at least 1, got 0'),
+    ('reproduce', ['--table', '--processes=2'], '--table does not use --processes'),
+    ('reproduce', ['--bench_cache', '--ckpt=x.pt', '--processes=2'], '--bench_cache does not use --processes'),
     ('data', ['--split=dev'], "split must be one of train, val, test, not 'dev'"),                 # was: KeyError
     ('data', ['--check=answers.txt', '--n=5'], '--check does not use --n'),                         # was: ignored
     ('data', ['--bench', '--houses=3'], '--bench does not use --houses'),
