@@ -7,6 +7,7 @@ reproduce.py: the paper's three findings, measured here, by one command.
   C3  latent tokens help AR: AR vs AR+MTP vs the NTP-only ablation, same task and budget.
 
     python reproduce.py --scale=cpu --seeds=0,1,2      # 6x6 Sudoku on 2 CPU cores
+    python reproduce.py --scale=cpu --processes=2      # the same, two models trained at a time (one core each)
     python reproduce.py --scale=path_star --seeds=0    # C3 on path-star graphs, 76 minutes a seed on 2 CPU cores
     python reproduce.py --scale=c2_long --seeds=0      # C1 and C2 only, SCDM and SIDM at 8x MDM's steps, 34 minutes a seed
     python reproduce.py --scale=sudoku9 --seeds=0      # C1 and C2 on 9x9 Sudoku, 105 minutes a seed on 2 CPU cores
@@ -161,12 +162,12 @@ def timed_training(c):
 def train_side_by_side(models, processes):
     """--processes=N: train the models (key -> settings) N at a time, each in a process of its own
     with 1/N of the cores, the longest first; -> {key: minutes}. Why: a model this small keeps a
-    second core only partly busy (6x6 SCDM on 2 cores of a Xeon: 85 ms a step with 2 threads, 147
-    with 1; two 1-thread processes side by side 152 ms each, so 1.12x the steps per second).
-    Each worker trains exactly what a run of one model at a time trains (tests/test_reproduce.py),
-    but with fewer threads, and some of PyTorch's CPU matrix products sum in an order that depends
-    on the thread count: a model can come out different in the last bits (on the cpu scale the
-    AR models do, the diffusion models do not; README, Results)."""
+    second core only partly busy (the cpu scale on 2 cores of a Xeon: 52.6 minutes with N = 2,
+    58.9 one model at a time; results/processes2/). Each worker trains exactly what a run of one
+    model at a time trains (tests/test_reproduce.py), but with fewer threads, and some of
+    PyTorch's CPU matrix products sum in an order that depends on the thread count: a model can
+    come out different in the last bits (on the cpu scale the AR models do, the diffusion models
+    do not)."""
     for c in models.values():          # the data first, in this process: the workers only read it
         load_splits(get_task(c.task, **c.task_options), c.n_train, c.n_val, c.n_test, c.data_seed, c.data_dir,
                     progress=True)
