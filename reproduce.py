@@ -177,8 +177,12 @@ def train_side_by_side(models, processes):
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context('spawn'),
                              initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         futures = {pool.submit(timed_training, models[key]): key for key in sorted(models, key=lambda k: -cost(models[k]))}
-        bar = tqdm(as_completed(futures), total=len(futures), desc=f'training, {processes} models at a time')
-        return {futures[f]: f.result() for f in bar}
+        try:
+            bar = tqdm(as_completed(futures), total=len(futures), desc=f'training, {processes} models at a time')
+            return {futures[f]: f.result() for f in bar}
+        except BaseException:          # a worker's error (or Ctrl-C): start no other model, then say it
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 @dataclasses.dataclass
@@ -188,7 +192,8 @@ class ReproduceConfig:
     out: str = ''              # default: results/ for the cpu scale, results/<scale>/ for the others
     device: str = 'auto'
     processes: int = 1         # a scale run on a CPU: train this many models at a time, each in a process
-                               # of its own with its share of the cores (the same weights, sooner)
+                               # of its own with its share of the cores (sooner; fewer threads may round
+                               # differently: README, Results)
     table: bool = False        # only (re)write <out>/table.md and dial.png from <out>/summary.json
     # one sweep or benchmark on existing checkpoints instead of the whole reproduction
     ckpt: str = ''

@@ -152,6 +152,11 @@ def test_models_trained_side_by_side_are_the_models_a_run_of_one_at_a_time_train
     assert set(summary['training_minutes_per_seed']) == {'SIDM', 'SCDM', 'AR'}
     assert 0 < summary['side_by_side_minutes'] <= summary['wall_clock_minutes']
     assert 'Trained 2 models at a time first' in (tmp_path / 'two' / 'table.md').read_text()
+    # a model that fails in its worker stops the run with the worker's own error
+    (tmp_path / 'three' / 'ckpt').mkdir(parents=True)
+    (tmp_path / 'three' / 'ckpt' / 'AR_seed0').write_text('a file where a checkpoint folder goes')
+    with pytest.raises(SystemExit, match='AR_seed0.* cannot hold checkpoints'):
+        reproduce.main(['--scale=tiny', '--seeds=0', '--out=three', '--processes=2'])
 
 
 def test_a_scale_without_ar_models_runs_c1_and_c2_only_with_longer_steps(tmp_path, monkeypatch):
