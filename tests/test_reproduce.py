@@ -159,6 +159,15 @@ def test_models_trained_side_by_side_are_the_models_a_run_of_one_at_a_time_train
         reproduce.main(['--scale=tiny', '--seeds=0', '--out=three', '--processes=2'])
 
 
+def test_processes_are_refused_off_a_cpu_before_any_work(tmp_path, monkeypatch):
+    """Several processes share out a CPU's cores; on a GPU they would only queue for one card."""
+    monkeypatch.setattr(reproduce, 'pick_device', lambda device: 'cuda')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="--processes shares out a CPU's cores; on cuda train one model at a time"):
+        reproduce.main(['--scale=smoke', '--processes=2'])
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_scale_without_ar_models_runs_c1_and_c2_only_with_longer_steps(tmp_path, monkeypatch):
     """Like the c2_long scale: diffusion models only (ar_models=''), SCDM and SIDM trained
     longer than MDM."""
