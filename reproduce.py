@@ -37,11 +37,11 @@ import torch
 from tqdm import tqdm
 from sample import DECODERS, checkpoint_examples, choose_tokens, commit_rule, decoder_value_ok, evaluate, random_subset
 from model import attention_mask
-from tasks import MASK, get_task
+from tasks import MASK
 from train_ar_mtp import ARConfig, objective
-from train_mdlm import TrainConfig, train
+from train_mdlm import TrainConfig, load_data, train
 from configurator import changed_settings, parse_settings, parse_value
-from data import load_splits, paired_difference
+from data import paired_difference
 from utils import load_checkpoint, pick_device
 
 # C3 models: name -> the settings that differ (train_ar_mtp.objective turns them into loss,
@@ -148,35 +148,31 @@ def scale_models(scale, seed, out, device):
 
 
 def train_model(c, quiet=False):
-    """Train one model of a scale (a checkpoint in c.out_dir is continued) -> its checkpoint path."""
-    return train(c, *(objective(c) if isinstance(c, ARConfig) else ()), quiet=quiet, same_settings=True)[1]
-
-
-def timed_training(c):
-    """One model in a worker process of --processes: minutes of training."""
+    """Train one model of a scale (a checkpoint in c.out_dir is continued) -> (its checkpoint path,
+    minutes of training)."""
     t = time.time()
-    train_model(c, quiet=True)
-    return (time.time() - t) / 60
+    path = train(c, *(objective(c) if isinstance(c, ARConfig) else ()), quiet=quiet, same_settings=True)[1]
+    return path, (time.time() - t) / 60
 
 
 def train_side_by_side(models, processes):
     """--processes=N: train the models (key -> settings) N at a time, each in a process of its own
-    with 1/N of the cores, the longest first; -> {key: minutes}. Why: a model this small keeps a
-    second core only partly busy (the cpu scale on 2 cores of a Xeon: 52.6 minutes with N = 2,
-    58.9 one model at a time; results/processes2/). Each worker trains exactly what a run of one
-    model at a time trains (tests/test_reproduce.py), but with fewer threads, and some of
-    PyTorch's CPU matrix products sum in an order that depends on the thread count: a model can
-    come out different in the last bits (on the cpu scale the AR models do, the diffusion models
+    with 1/N of the cores, the longest first; -> {key: (checkpoint path, minutes)}. Why: a model
+    this small keeps a second core only partly busy (the cpu scale on 2 cores of a Xeon: 52.6
+    minutes with N = 2, 58.9 one model at a time; results/processes2/). Each worker trains exactly
+    what a run of one model at a time trains (tests/test_reproduce.py), but with fewer threads, and
+    some of PyTorch's CPU matrix products sum in an order that depends on the thread count: a model
+    can come out different in the last bits (on the cpu scale the AR models do, the diffusion models
     do not)."""
-    for c in models.values():          # the data first, in this process: the workers only read it
-        load_splits(get_task(c.task, **c.task_options), c.n_train, c.n_val, c.n_test, c.data_seed, c.data_dir,
-                    progress=True)
-    cost = lambda c: c.max_iters * get_task(c.task, **c.task_options).seq_len     # steps x tokens
+    cost = {}
+    for key, c in models.items():      # the data first, in this process: the workers only read it
+        task, _ = load_data(c, progress=True)
+        cost[key] = c.max_iters * task.seq_len                      # steps x tokens
     threads = max(1, torch.get_num_threads() // processes)
     # 'spawn': a process forked from one whose torch threads are running can hang
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context('spawn'),
                              initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-        futures = {pool.submit(timed_training, models[key]): key for key in sorted(models, key=lambda k: -cost(models[k]))}
+        futures = {pool.submit(train_model, models[key], True): key for key in sorted(models, key=lambda k: -cost[k])}
         try:
             bar = tqdm(as_completed(futures), total=len(futures), desc=f'training, {processes} models at a time')
             return {futures[f]: f.result() for f in bar}
@@ -575,7 +571,7 @@ def main(argv):
     timing = dict(wall_clock_minutes=0.0, minutes_per_seed=[], training_minutes_per_seed={}, resumed_checkpoints=[])
     models = {(name, seed): c for seed in seeds for name, c in scale_models(scale, seed, cfg.out, cfg.device).items()}
     continued = {key for key, c in models.items() if os.path.exists(f'{c.out_dir}/ckpt.pt')}
-    trained = {}                       # (name, seed) -> minutes, of the models trained side by side
+    trained = {}                       # (name, seed) -> (checkpoint, minutes) of the models trained side by side
     if cfg.processes > 1:
         trained = train_side_by_side({k: c for k, c in models.items() if k not in continued}, cfg.processes)
         timing.update(processes=cfg.processes, side_by_side_minutes=(time.time() - t_start) / 60)
@@ -587,12 +583,9 @@ def main(argv):
             a rerun continues a killed run or adds seeds); return it, its checkpoint, its task and
             its first n_test test puzzles. Continued models are listed, not timed: their training
             happened (at least partly) in an earlier run."""
-            c, t_train = models[name, seed], time.time()
-            if (name, seed) in trained:                 # done above, side by side with others
-                path, minutes = f'{c.out_dir}/ckpt.pt', trained[name, seed]
-            else:
-                path = train_model(dataclasses.replace(c, resume=(name, seed) in continued), quiet=cfg.scale == 'smoke')
-                minutes = (time.time() - t_train) / 60
+            c = models[name, seed]
+            path, minutes = trained.get((name, seed)) or train_model(     # trained above, side by side, or now
+                dataclasses.replace(c, resume=(name, seed) in continued), quiet=cfg.scale == 'smoke')
             model, ck = load_checkpoint(path, device)
             if (name, seed) in continued:
                 timing['resumed_checkpoints'].append(f'{name} seed {seed}')
@@ -625,8 +618,7 @@ def main(argv):
         # budget; one AR+MTP model per window
         for name in scale_ar_models(scale):
             model, ck, task, test = run(name)
-            _, attn, dec = objective(models[name, seed])
-            record('C3', name, 'left_to_right', task, evaluate(model, task, test, attn, dec, device=device))
+            record('C3', name, 'left_to_right', task, evaluate(model, task, test, ck['attn'], ck['decoder'], device=device))
         timing['minutes_per_seed'].append((time.time() - t_seed) / 60)
         timing['wall_clock_minutes'] = (time.time() - t_start) / 60
         done = seeds[:len(timing['minutes_per_seed'])]   # written after every seed: a killed run keeps the seeds it finished

@@ -250,6 +250,16 @@ def end_torchrun_process():
         os._exit(0)
 
 
+def load_data(cfg, progress=False):
+    """-> (task, its train/val/test splits): generated once, then read from cfg.data_dir. A task
+    that cannot make them (e.g. too few givens for unique puzzles) is an error that says why."""
+    task = get_task(cfg.task, **cfg.task_options)
+    try:
+        return task, load_splits(task, cfg.n_train, cfg.n_val, cfg.n_test, cfg.data_seed, cfg.data_dir, progress=progress)
+    except ValueError as e:
+        raise SystemExit(f'error: {e}')
+
+
 def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, same_settings=False):
     """Train, evaluate, checkpoint. loss_fn(model, ids, answer_mask, cfg, gen, rows) -> (loss, ce).
     `attn`/`decoder` say how the model attends and how evaluation decodes it (default: cfg.attn
@@ -270,11 +280,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
         raise SystemExit(f'error: batch_size {cfg.batch_size} must split evenly over {world} processes x '
                          f'grad_accum {cfg.grad_accum} (at least one example each)')
     quiet = quiet or rank != 0
-    task = get_task(cfg.task, **cfg.task_options)
-    try:
-        splits = load_splits(task, cfg.n_train, cfg.n_val, cfg.n_test, cfg.data_seed, cfg.data_dir, progress=not quiet)
-    except ValueError as e:                    # e.g. too few givens to make unique puzzles
-        raise SystemExit(f'error: {e}')
+    task, splits = load_data(cfg, progress=not quiet)
     ids, answer_mask = (torch.from_numpy(a).to(device) for a in task.encode_batch(splits['train']))
     val_ids, val_answer = (torch.from_numpy(a).to(device) for a in task.encode_batch(splits['val']))
     if cfg.mask_all:
