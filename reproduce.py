@@ -12,7 +12,8 @@ reproduce.py: the paper's three findings, measured here, by one command.
     python reproduce.py --scale=c2_long --seeds=0      # C1 and C2 only, SCDM and SIDM at 8x MDM's steps, 34 minutes a seed
     python reproduce.py --scale=sudoku9 --seeds=0      # C1 and C2 on 9x9 Sudoku, 105 minutes a seed on 2 CPU cores
     python reproduce.py --scale=sudoku9_long --seeds=0 # the same, SCDM and SIDM at 2x MDM's steps, 155 minutes a seed
-    python reproduce.py --scale=gpu --seeds=0          # 9x9 Sudoku + path-star, paper-scale model, one GPU
+    python reproduce.py --scale=sudoku9_gpu --seeds=0  # C1 and C2 on 9x9, paper-scale model, about 7 minutes on one H200
+    python reproduce.py --scale=gpu --seeds=0          # 9x9 Sudoku + path-star, paper-scale model, over an hour on one GPU
     python reproduce.py --scale=smoke                  # seconds; what the test suite runs
     python reproduce.py --sweep_latent=0,1,2,4,all --ckpt=out/mdlm/ckpt.pt --ref_ckpts=out/mdm/ckpt.pt,out/sidm/ckpt.pt
     python reproduce.py --sweep_threshold=0,0.5,0.9,0.99 --ckpt=out/mdm/ckpt.pt   # passes vs accuracy
@@ -105,7 +106,16 @@ SCALES = {
     # SIDM is its k = 0 reference): 57 minutes a model on a Xeon.
     'sudoku9_long': dict(diffusion='sudoku9_cpu', longer=dict(SIDM=15000, SCDM=15000), ar=None, ar_models='',
                          n_test=500, ks='0,1,4,16,all', windows=''),
-    # gpu: the paper-scale preset (presets/sudoku9_gpu.json), 9x9 Sudoku and path-star with 5 arms.
+    # sudoku9_gpu: C1 and C2 on 9x9 at the paper's size (presets/sudoku9_gpu.json, 18.9M parameters),
+    # sized for a 10-minute slot on one H200: MDM 3,000 steps (99.0% of validation puzzles there),
+    # SCDM and SIDM twice that (at equal steps SCDM's dial stayed 17 to 35 points below MDM at k = all:
+    # results/gpu_h200/). About 7 minutes by the steps per second measured there; not run yet.
+    'sudoku9_gpu': dict(diffusion=dict(preset='sudoku9_gpu', max_iters=3000, warmup_iters=300, eval_interval=3000,
+                                       eval_n=200),
+                        longer=dict(SIDM=6000, SCDM=6000), ar=None, ar_models='', n_test=500, ks='0,1,4,16,all',
+                        windows=''),
+    # gpu: the paper-scale preset (presets/sudoku9_gpu.json), 9x9 Sudoku and path-star with 5 arms:
+    # more than an hour of one H200 (results/gpu_h200/), not run yet.
     'gpu': dict(diffusion='sudoku9_gpu',
                 ar=dict(preset='sudoku9_gpu', task='path_star', task_options=dict(degree=5, arm_length=5, n_nodes=50)),
                 ar_models='AR,AR+MTP,AR-NTP,AR+MTP causal prefix', n_test=1000, ks='0,1,2,4,8,16,32,all',
@@ -137,6 +147,9 @@ def scale_models(scale, seed, out, device):
     """Every model a scale trains for one seed: name -> its training settings (TrainConfig for
     the diffusion models of C1 and C2, ARConfig for the C3 ones), checkpoint in <out>/ckpt/."""
     models = {}
+    unknown = set(scale.get('longer', {})) - set(DIFFUSION_MODELS)
+    if unknown:                                       # a misspelt name would train at the default steps
+        raise ValueError(f'longer names no diffusion model: {sorted(unknown)} (models: {list(DIFFUSION_MODELS)})')
     for name, attn in DIFFUSION_MODELS.items() if scale['diffusion'] is not None else ():
         steps = scale.get('longer', {}).get(name)
         differ = dict(max_iters=steps, eval_interval=steps) if steps else {}
@@ -183,7 +196,7 @@ def train_side_by_side(models, processes):
 
 @dataclasses.dataclass
 class ReproduceConfig:
-    scale: str = 'cpu'         # smoke | cpu | path_star | c2_long | sudoku9 | sudoku9_long | gpu (SCALES)
+    scale: str = 'cpu'         # smoke | cpu | path_star | c2_long | sudoku9 | sudoku9_long | sudoku9_gpu | gpu (SCALES)
     seeds: str = '0,1,2'       # one full run per seed
     out: str = ''              # default: results/ for the cpu scale, results/<scale>/ for the others
     device: str = 'auto'

@@ -44,13 +44,20 @@ def test_smoke_reproduction_writes_every_file(tmp_path):
 
 
 def test_every_scale_builds_valid_settings():
-    """The gpu scale cannot be run in CI; at least its settings must be valid TrainConfigs and
+    """The gpu scales cannot be run in CI; at least their settings must be valid TrainConfigs and
     tasks, so that a typo does not surface after an hour on a GPU."""
-    from reproduce import SCALES, scale_ar_models, scale_settings
+    from reproduce import SCALES, scale_ar_models, scale_models, scale_settings
     from tasks import get_task
     from train_ar_mtp import ARConfig, objective
-    from train_mdlm import TrainConfig
+    from train_mdlm import TrainConfig, check_settings
     for scale in SCALES.values():
+        for c in scale_models(scale, 0, 'out', 'cpu').values():    # every model as trained, steps included
+            check_settings(c)
+        if 'longer' in scale:                          # each longer model trains its own steps
+            models = scale_models(scale, 0, 'out', 'cpu')
+            assert all(models[name].max_iters == steps for name, steps in scale['longer'].items())
+        with pytest.raises(ValueError, match='longer names no diffusion model'):
+            scale_models(dict(scale, longer={'SDCM': 10}), 0, 'out', 'cpu')
         if scale['diffusion'] is not None:                                             # None: C3 only
             cfg = TrainConfig(**{'task': 'sudoku', **scale_settings(scale['diffusion'])})   # unknown key: TypeError
             get_task(cfg.task, **cfg.task_options)                                     # wrong option: ValueError
