@@ -731,11 +731,14 @@ def write_table(out_dir):
         mins = s['training_minutes_per_seed']
         each = ', '.join(f'{name} {sum(m) / len(m):.1f}' for name, m in mins.items())
         per_seed = ' / '.join(f'{m:.1f}' for m in s['minutes_per_seed'])
-        lines[1:1] = ['', f'Minutes per seed: {per_seed}; of which training (mean over the seeds this run trained '
-                      f'it) {each}; the rest is evaluation.' if not s.get('processes') else
-                      f'Trained {s["processes"]} models at a time first, each in its own process: '
-                      f'{s["side_by_side_minutes"]:.1f} minutes (a model\'s own minutes, mean over the seeds: {each}); '
-                      f'then evaluation, minutes per seed: {per_seed}.']
+        if s.get('processes'):
+            where = (f'Trained {s["processes"]} models at a time first, each in its own process: '
+                     f'{s["side_by_side_minutes"]:.1f} minutes (a model\'s own minutes, mean over the seeds: '
+                     f'{each}); then evaluation, minutes per seed: {per_seed}.')
+        else:
+            where = (f'Minutes per seed: {per_seed}; of which training (mean over the seeds this run trained it) '
+                     f'{each}; the rest is evaluation.')
+        lines[1:1] = ['', where]
     if s.get('resumed_checkpoints'):
         lines[1:1] = ['', 'Continued from checkpoints an earlier run left in the folder (their training is not '
                       'in these minutes; a finished one is only evaluated): ' + ', '.join(s['resumed_checkpoints']) + '.']
