@@ -4,7 +4,8 @@ reproduce.py: the paper's three findings, measured here, by one command.
   C1  joint prediction matters: MDM (full) vs SIDM (independent), trained identically.
   C2  the dial: a semi-causal model's accuracy against the number of latent tokens k, under both
       commit orders, with MDM and SIDM decoded by the same commit rule as reference points.
-  C3  latent tokens help AR: AR vs AR+MTP vs the NTP-only ablation, same task and budget.
+  C3  latent tokens help AR: AR vs AR+MTP (and the NTP-only ablation where a scale lists it), same
+      task and budget.
 
     python reproduce.py --scale=cpu --seeds=0,1,2      # 6x6 Sudoku on 2 CPU cores
     python reproduce.py --scale=cpu --processes=2      # the same, two models trained at a time (one core each)
@@ -20,6 +21,7 @@ reproduce.py: the paper's three findings, measured here, by one command.
     python reproduce.py --bench_cache --ckpt=out/mdlm/ckpt.pt   # cached vs uncached decoding, one run
     python reproduce.py --probe_window --ckpt=out/ar_mtp/ckpt.pt  # what AR+MTP's latent positions know
     python reproduce.py --calibration=0,0.9 --ckpt=out/mdm/ckpt.pt  # is an MDM as sure as it is right?
+    python reproduce.py --spread=results,results/seeds3_5  # every target seed by seed, over runs of one recipe
 
 Writes, under --out (default results/ for the cpu scale, results/<scale>/ for the others),
 <out>/models.csv (accuracy per task, model, seed and decoding), <out>/sweep_latent_seed*.csv
@@ -41,7 +43,7 @@ from model import attention_mask
 from tasks import MASK
 from train_ar_mtp import ARConfig, objective
 from train_mdlm import TrainConfig, load_data, train
-from configurator import changed_settings, parse_settings, parse_value
+from configurator import changed_settings, parse_settings, parse_value, refuse_unused
 from data import paired_difference
 from utils import load_checkpoint, pick_device
 
@@ -204,6 +206,8 @@ class ReproduceConfig:
                                # of its own with its share of the cores (sooner; fewer threads may round
                                # differently: README, Results)
     table: bool = False        # only (re)write <out>/table.md and dial.png from <out>/summary.json
+    spread: str = ''           # e.g. results,results/seeds3_5: finished runs of one recipe; print every
+                               # target seed by seed, a column a seed, from their summary.json
     # one sweep or benchmark on existing checkpoints instead of the whole reproduction
     ckpt: str = ''
     sweep_latent: str = ''     # e.g. 0,1,2,4,8,all: the dial of a semi_causal checkpoint
@@ -494,8 +498,11 @@ def probe_window(model, ckpt, n, path, device):
 
 
 def check_job(cfg):
-    """One job per command: a scale run, --table, or one job on --ckpt. A setting the chosen job
+    """One job per command: a scale run, --table, --spread, or one job on --ckpt. A setting the chosen job
     would ignore is an error, not a silent no-op."""
+    if cfg.spread:
+        return refuse_unused(cfg, ['scale', 'seeds', 'out', 'device', 'processes', 'table', 'n', 'ckpt', 'ref_ckpts']
+                             + list(CKPT_JOBS), '--spread', 'it only reads the summary.json of the runs it is given')
     jobs = [j for j in CKPT_JOBS if getattr(cfg, j)]
     if len(jobs) > 1:
         raise SystemExit(f'error: one job per command, not {" and ".join("--" + j for j in jobs)}')
@@ -538,6 +545,8 @@ def main(argv):
         raise SystemExit(f'error: --scale must be one of {list(SCALES)}')
     check_job(cfg)
     check_lists(cfg)
+    if cfg.spread:
+        return print(seed_spread(cfg.spread.split(',')))
     cfg.out = cfg.out or ('results' if cfg.scale == 'cpu' else f'results/{cfg.scale}')   # smoke never overwrites results/
     if cfg.table:                                   # no training: from the run's summary.json
         if not os.path.exists(f'{cfg.out}/summary.json'):
@@ -668,18 +677,18 @@ def dial_title(s):
     return f'scale {s["scale"]}, mean of seeds {s["seeds"]}, {s["n_test"]} test puzzles'
 
 
-def target_checks(s):
-    """The findings' targets, checked seed by seed on a summary.json (a list of markdown lines).
-    C1: MDM minus SIDM in random order >= 20 points. C2, per commit order: k = 0 within 5 points
-    of SIDM, k = all within 10 of MDM, and no drop from one k to the next beyond the 95% binomial
-    interval of the difference. C3: AR+MTP minus AR >= 10 points; on path-star also AR within 10
-    points of 1/degree and AR+MTP at least halfway from 1/degree to 100%. cpu scale: at most 60 minutes."""
-    lines = []
+def target_results(s):
+    """The findings' targets, checked seed by seed on a summary.json: a list of (target, the
+    difference it checks per seed, met per seed). C1: MDM minus SIDM in random order >= 20 points.
+    C2, per commit order: k = 0 within 5 points of SIDM, k = all within 10 of MDM, and no drop from
+    one k to the next beyond the 95% binomial interval of the difference. C3: AR+MTP minus AR >= 10
+    points; on path-star also AR within 10 points of 1/degree and AR+MTP at least halfway from
+    1/degree to 100%."""
+    results = []
 
     def check(label, diffs, ok):
         diffs = [round(d, 9) for d in diffs]          # 30/300 - 0/300 is exactly 10 points, not 9.99...
-        lines.append(f'- {label}: {"met" if all(map(ok, diffs)) else "**not met**"} '
-                     f'({" / ".join(f"{100 * d:+.1f}" for d in diffs)})')
+        results.append((label, diffs, [ok(d) for d in diffs]))
 
     minus = lambda a, b: [x - y for x, y in zip(a, b)]
     per_seed = lambda name: s['models'].get(name, {}).get('per_seed')
@@ -712,6 +721,14 @@ def target_checks(s):
                   [a - chance for a in ar], lambda d: abs(d) <= 0.10)
             check(f'C3 path-star, AR+MTP minus {most:.0%} (halfway from 1/degree to every graph), at least 0',
                   [a - most for a in mtp], lambda d: d >= 0)
+    return results
+
+
+def target_checks(s):
+    """target_results as markdown lines, a target a line; on the cpu scale also its time (at most
+    60 minutes)."""
+    lines = [f'- {label}: {"met" if all(met) else "**not met**"} ({" / ".join(f"{100 * d:+.1f}" for d in diffs)})'
+             for label, diffs, met in target_results(s)]
     if s['scale'] == 'cpu' and s.get('resumed_checkpoints'):
         lines.append('- Time, at most 60 minutes: not measured (models continued from an earlier run)')
     elif s['scale'] == 'cpu':
@@ -755,6 +772,39 @@ def write_table(out_dir):
     table = '\n'.join(lines + ['', 'Targets, checked on every seed (differences in points, per seed):'] + target_checks(s)) + '\n'
     open(f'{out_dir}/table.md', 'w').write(table)
     return table
+
+
+def seed_spread(folders):
+    """Every target of several finished runs of one recipe (their summary.json), seed by seed, as
+    one markdown table: a row a target, a column a seed, a missed target's difference in bold."""
+    runs = []
+    for folder in folders:
+        if not os.path.exists(f'{folder}/summary.json'):
+            raise SystemExit(f'error: --spread reads finished runs, and {folder}/summary.json does not exist')
+        runs.append(json.load(open(f'{folder}/summary.json')))
+    for folder, s in zip(folders[1:], runs[1:]):
+        if (s['scale'], s['settings']) != (runs[0]['scale'], runs[0]['settings']):
+            raise SystemExit(f'error: --spread puts seeds of one recipe side by side, and {folder} ran another '
+                             f'than {folders[0]} (scale or settings in summary.json differ)')
+    seeds = [seed for s in runs for seed in s['seeds'].split(',')]
+    if len(set(seeds)) < len(seeds):
+        raise SystemExit(f'error: --spread was given a seed twice (seeds {", ".join(seeds)})')
+    targets = {}                                    # target -> [(difference, met)] in the order of `seeds`
+    for s in runs:
+        for label, diffs, met in target_results(s):
+            targets.setdefault(label, []).extend(zip(diffs, met))
+    cell = lambda d, ok: f'{100 * d:+.1f}' if ok else f'**{100 * d:+.1f}**'
+    every = [all(targets[label][i][1] for label in targets) for i in range(len(seeds))]
+    lines = [f'Scale `{runs[0]["scale"]}`, {runs[0]["n_test"]} test examples per model; runs: '
+             + ', '.join(f'{f} (seeds {s["seeds"]}, {s["wall_clock_minutes"]:.0f} minutes on {s["hardware"]})'
+                         for f, s in zip(folders, runs)) + '. Differences in points; bold: missed.', '',
+             '| target | ' + ' | '.join(f'seed {seed}' for seed in seeds) + ' | met on |',
+             '|---' * (len(seeds) + 2) + '|']
+    lines += [f'| {label} | ' + ' | '.join(cell(d, ok) for d, ok in results) +
+              f' | {sum(ok for _, ok in results)} of {len(seeds)} |' for label, results in targets.items()]
+    lines.append('| every target | ' + ' | '.join('met' if ok else '**not met**' for ok in every) +
+                 f' | {sum(every)} of {len(seeds)} |')
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':

@@ -50,7 +50,7 @@ def run_until_work(script, argv, monkeypatch):
     monkeypatch.chdir(ROOT)
     module = importlib.import_module(script[:-3])
     patched = {'train_mdlm.py': ('train', 'bench'), 'train_ar_mtp.py': ('train',),
-               'sample.py': ('load_checkpoint',), 'reproduce.py': ('pick_device', 'write_table'),
+               'sample.py': ('load_checkpoint',), 'reproduce.py': ('pick_device', 'write_table', 'seed_spread'),
                'data.py': ('bench', 'read_examples', 'generate'), 'exercises.py': ('make', 'grade')}[script]
     for name in patched:                        # the first step of real work, after every check
         monkeypatch.setattr(module, name, stop)

@@ -236,6 +236,33 @@ def test_target_checks_fail_a_target_missed_on_one_seed():
     assert lines['- C2 random, k=all minus MDM, within 10'] == '**not met** (-10.0 / -10.3)'
 
 
+def test_spread_puts_the_seeds_of_several_runs_side_by_side(tmp_path, monkeypatch):
+    """--spread: one column a seed over several runs of one recipe, a missed target in bold, and
+    a count of the seeds that meet each target and every target; runs of other settings, a seed
+    given twice and a folder without a summary are errors."""
+    def run(folder, seeds, mdm, sidm, settings='cpu recipe'):
+        (tmp_path / folder).mkdir()
+        s = dict(scale='cpu', seeds=seeds, n_test=300, wall_clock_minutes=50.0, hardware='a CPU', settings=settings,
+                 models={'MDM (random)': dict(per_seed=mdm), 'SIDM (random)': dict(per_seed=sidm)}, dial=[])
+        json.dump(s, open(tmp_path / folder / 'summary.json', 'w'))
+    run('a', '0,1', [0.50, 0.40], [0.10, 0.30])
+    run('b', '2', [0.60], [0.20])
+    monkeypatch.chdir(tmp_path)
+    table = reproduce.seed_spread(['a', 'b']).splitlines()
+    assert table[2] == '| target | seed 0 | seed 1 | seed 2 | met on |'
+    assert table[4] == '| C1, MDM minus SIDM in random order, at least +20 | +40.0 | **+10.0** | +40.0 | 2 of 3 |'
+    assert table[5] == '| every target | met | **not met** | met | 2 of 3 |'
+    run('c', '3', [0.5], [0.1], settings='another recipe')
+    with pytest.raises(SystemExit, match='c ran another than a'):
+        reproduce.main(['--spread=a,c'])
+    with pytest.raises(SystemExit, match='given a seed twice'):
+        reproduce.main(['--spread=a,a'])
+    with pytest.raises(SystemExit, match='d/summary.json does not exist'):
+        reproduce.main(['--spread=a,d'])
+    with pytest.raises(SystemExit, match='--spread does not use --out'):
+        reproduce.main(['--spread=a,b', '--out=a'])
+
+
 def test_calibration_follows_threshold_decoding_exactly(tmp_path, trained_semi_causal):
     """--calibration decodes on the path threshold decoding takes while it is right: it finds the
     decoder's own accuracy, puzzle for puzzle, and commits every blank cell once."""
