@@ -776,7 +776,9 @@ def write_table(out_dir):
 
 def seed_spread(folders):
     """Every target of several finished runs of one recipe (their summary.json), seed by seed, as
-    one markdown table: a row a target, a column a seed, a missed target's difference in bold."""
+    one markdown table: a row a target, a column a seed, a missed target's difference in bold.
+    Then, where the runs have a dial, how much its ends and their references (MDM, SIDM) vary
+    from seed to seed: each is its own draw, and a target compares two of them."""
     runs = []
     for folder in folders:
         if not os.path.exists(f'{folder}/summary.json'):
@@ -804,6 +806,16 @@ def seed_spread(folders):
               f' | {sum(ok for _, ok in results)} of {len(seeds)} |' for label, results in targets.items()]
     lines.append('| every target | ' + ' | '.join('met' if ok else '**not met**' for ok in every) +
                  f' | {sum(every)} of {len(seeds)} |')
+    # the dial's ends and their references, each its own draw: how much each varies from seed to seed
+    dials = [{(r['order'], r['k']): r['per_seed'] for r in s['dial']} for s in runs]
+    if len(seeds) > 1 and all(dials):
+        over_seeds = lambda order, k: [a for dial in dials for a in dial[order, k]]
+        lines += ['', 'Accuracy %, mean +- standard deviation over the seeds:', '',
+                  '| commit order | MDM | k = all | SIDM | k = 0 |', '|---|---|---|---|---|']
+        lines += [f'| {order} | ' + ' | '.join(f'{100 * statistics.mean(over_seeds(order, k)):.1f} +- '
+                                             f'{100 * statistics.stdev(over_seeds(order, k)):.1f}'
+                                             for k in ('full', 'all', 'independent', '0')) + ' |'
+                  for order in ORDERS if (order, 'all') in dials[0]]
     return '\n'.join(lines)
 
 

@@ -240,10 +240,10 @@ def test_spread_puts_the_seeds_of_several_runs_side_by_side(tmp_path, monkeypatc
     """--spread: one column a seed over several runs of one recipe, a missed target in bold, and
     a count of the seeds that meet each target and every target; runs of other settings, a seed
     given twice and a folder without a summary are errors."""
-    def run(folder, seeds, mdm, sidm, settings='cpu recipe'):
+    def run(folder, seeds, mdm, sidm, settings='cpu recipe', dial=()):
         (tmp_path / folder).mkdir()
         s = dict(scale='cpu', seeds=seeds, n_test=300, wall_clock_minutes=50.0, hardware='a CPU', settings=settings,
-                 models={'MDM (random)': dict(per_seed=mdm), 'SIDM (random)': dict(per_seed=sidm)}, dial=[])
+                 models={'MDM (random)': dict(per_seed=mdm), 'SIDM (random)': dict(per_seed=sidm)}, dial=list(dial))
         json.dump(s, open(tmp_path / folder / 'summary.json', 'w'))
     run('a', '0,1', [0.50, 0.40], [0.10, 0.30])
     run('b', '2', [0.60], [0.20])
@@ -251,14 +251,21 @@ def test_spread_puts_the_seeds_of_several_runs_side_by_side(tmp_path, monkeypatc
     table = reproduce.seed_spread(['a', 'b']).splitlines()
     assert table[2] == '| target | seed 0 | seed 1 | seed 2 | met on |'
     assert table[4] == '| C1, MDM minus SIDM in random order, at least +20 | +40.0 | **+10.0** | +40.0 | 2 of 3 |'
-    assert table[5] == '| every target | met | **not met** | met | 2 of 3 |'
+    assert table[5] == '| every target | met | **not met** | met | 2 of 3 |' and len(table) == 6     # no dial
+    # with a dial: each end and its reference, mean +- standard deviation over the seeds of both runs
+    dial = lambda accs: [dict(order='random', k=k, per_seed=a) for k, a in accs.items()]
+    run('d', '3,4', [0.5, 0.5], [0.1, 0.1], dial=dial({'0': [0.1, 0.1], 'all': [0.4, 0.5], 'full': [0.5, 0.5],
+                                                        'independent': [0.1, 0.1]}))
+    run('e', '5', [0.8], [0.4], dial=dial({'0': [0.4], 'all': [0.6], 'full': [0.8], 'independent': [0.4]}))
+    table = reproduce.seed_spread(['d', 'e']).splitlines()
+    assert table[-2:] == ['|---|---|---|---|---|', '| random | 60.0 +- 17.3 | 50.0 +- 10.0 | 20.0 +- 17.3 | 20.0 +- 17.3 |']
     run('c', '3', [0.5], [0.1], settings='another recipe')
     with pytest.raises(SystemExit, match='c ran another than a'):
         reproduce.main(['--spread=a,c'])
     with pytest.raises(SystemExit, match='given a seed twice'):
         reproduce.main(['--spread=a,a'])
-    with pytest.raises(SystemExit, match='d/summary.json does not exist'):
-        reproduce.main(['--spread=a,d'])
+    with pytest.raises(SystemExit, match='f/summary.json does not exist'):
+        reproduce.main(['--spread=a,f'])
     with pytest.raises(SystemExit, match='--spread does not use --out'):
         reproduce.main(['--spread=a,b', '--out=a'])
 
