@@ -498,8 +498,8 @@ def probe_window(model, ckpt, n, path, device):
 
 
 def check_job(cfg):
-    """One job per command: a scale run, --table, --spread, or one job on --ckpt. A setting the chosen job
-    would ignore is an error, not a silent no-op."""
+    """One job per command: a scale run, --table, --spread, or one job on --ckpt. A setting the
+    chosen job would ignore is an error, not a silent no-op."""
     if cfg.spread:
         return refuse_unused(cfg, ['scale', 'seeds', 'out', 'device', 'processes', 'table', 'n', 'ckpt', 'ref_ckpts']
                              + list(CKPT_JOBS), '--spread', 'it only reads the summary.json of the runs it is given')

@@ -258,6 +258,8 @@ def test_spread_puts_the_seeds_of_several_runs_side_by_side(tmp_path, monkeypatc
                                                         'independent': [0.1, 0.1]}))
     run('e', '5', [0.8], [0.4], dial=dial({'0': [0.4], 'all': [0.6], 'full': [0.8], 'independent': [0.4]}))
     table = reproduce.seed_spread(['d', 'e']).splitlines()
+    # seed 5 meets C1 but misses k = all against MDM (-20): not every target
+    assert '| every target | met | met | **not met** | 2 of 3 |' in table
     assert table[-2:] == ['|---|---|---|---|---|', '| random | 60.0 +- 17.3 | 50.0 +- 10.0 | 20.0 +- 17.3 | 20.0 +- 17.3 |']
     run('c', '3', [0.5], [0.1], settings='another recipe')
     with pytest.raises(SystemExit, match='c ran another than a'):
