@@ -677,6 +677,11 @@ def dial_title(s):
     return f'scale {s["scale"]}, mean of seeds {s["seeds"]}, {s["n_test"]} test puzzles'
 
 
+def dial_per_seed(s):
+    """A summary.json's dial as {(commit order, k): accuracy per seed}."""
+    return {(r['order'], r['k']): r['per_seed'] for r in s['dial']}
+
+
 def target_results(s):
     """The findings' targets, checked seed by seed on a summary.json: a list of (target, the
     difference it checks per seed, met per seed). C1: MDM minus SIDM in random order >= 20 points.
@@ -695,7 +700,7 @@ def target_results(s):
     if per_seed('MDM (random)') and per_seed('SIDM (random)'):
         check('C1, MDM minus SIDM in random order, at least +20', minus(per_seed('MDM (random)'),
               per_seed('SIDM (random)')), lambda d: d >= 0.20)
-    dial, n = {(r['order'], r['k']): r['per_seed'] for r in s['dial']}, s['n_test']
+    dial, n = dial_per_seed(s), s['n_test']
     for order in ORDERS:
         ks = [k for o, k in dial if o == order and k not in DIFFUSION_MODELS.values()]    # not the references
         if not ks:
@@ -807,7 +812,7 @@ def seed_spread(folders):
     lines.append('| every target | ' + ' | '.join('met' if ok else '**not met**' for ok in every) +
                  f' | {sum(every)} of {len(seeds)} |')
     # the dial's ends and their references, each its own draw: how much each varies from seed to seed
-    dials = [{(r['order'], r['k']): r['per_seed'] for r in s['dial']} for s in runs]
+    dials = [dial_per_seed(s) for s in runs]
     if len(seeds) > 1 and all(dials):
         over_seeds = lambda order, k: [a for dial in dials for a in dial[order, k]]
         lines += ['', 'Accuracy %, mean +- standard deviation over the seeds:', '',
