@@ -27,7 +27,7 @@ EXERCISES = {
         'tokens (not the number masked): then a know-nothing model scores log V per answer token.',
         'test_mdlm_loss_hand_computed gives (6 + 20) / 6; MDM training loss falls below 0.1 within '
         '800 steps on 6x6 Sudoku', ()),
-    3: ('the trimmed latent pass', 'sample.py: decode_latent',
+    3: ('the trimmed latent pass', 'sample.py: trimmed_pass',
         'keep = clean | D | L; a stable argsort of 2 * (~keep) + masked puts each row\'s kept clean '
         'positions first (the cache keeps them), then its kept masked ones; cut to the longest row; '
         'gather keep to know which slots are padding.',

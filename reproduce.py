@@ -424,25 +424,29 @@ def calibration(model, ckpt, taus, n, path, device, seed=0, batch_size=256):
     return rows, summary
 
 
-def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 3, 4, 8, -1), rounds=3):
+def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 3, 4, 8, -1), doubts=(0.99, 0.999), rounds=3):
     """Cached vs uncached decoding of one checkpoint, in one run: ratios, not times. The rows take
     turns for `rounds` rounds; a row's time is its median, its ratio the median over rounds of
     its time over the first row's in the same round (a machine's speed drifts between rounds).
     AR / AR+MTP: use_cache on and off (exact). Latent sampler: k = 0 and k = all, each with the
     clean-position cache off (r = 0) and refreshed every r passes (-1: never; a
-    semi_causal_ordered checkpoint's cache is exact and never refreshed, whatever r); times are
-    given against uncached k = all. MDM (and SIDM): the cache off and refreshed every r passes.
+    semi_causal_ordered checkpoint's cache is exact and never refreshed, whatever r), and refreshed
+    on doubt only (refresh_below = each of `doubts`); times are given against uncached k = all. MDM (and SIDM): the cache off and refreshed every r passes.
     Each cached row's accuracy is also compared, puzzle by puzzle, with the uncached row of the same
     k (paired_difference)."""
     task, examples = checkpoint_examples(ckpt, 'test', n)
     never = lambda r: 'never' if r == -1 else r
     if ckpt['decoder']['method'] == 'latent':
         runs = {f'k={k} r={never(r)}': dict(n_latent=k, cache_refresh=r) for k in ('all', 0) for r in refreshes}
+        if ckpt['attn'] != 'semi_causal_ordered':    # refresh on doubt (its cache is never stale)
+            runs.update({f'k={k} r=never below={tau}': dict(n_latent=k, cache_refresh=-1, refresh_below=tau)
+                         for k in ('all', 0) for tau in doubts})
     elif ckpt['decoder']['method'] == 'mdm':
         runs = {f'r={never(r)}': dict(cache_refresh=r) for r in refreshes}
     else:
         runs = {'uncached': dict(use_cache=False), 'cached': dict(use_cache=True)}
-    cache_off = lambda s: dict(s, **{'use_cache': False} if 'use_cache' in s else {'cache_refresh': 0})
+    cache_off = lambda s: {k: v for k, v in s.items() if k != 'refresh_below'} | (
+        {'use_cache': False} if 'use_cache' in s else {'cache_refresh': 0})
     uncached = {name: next((u for u, s in runs.items() if s == cache_off(settings)), None)   # same settings, no cache
                 for name, settings in runs.items()}
     results, seconds, valid = {}, {name: [] for name in runs}, {}
@@ -464,7 +468,7 @@ def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 3, 4, 8, -1), rounds
             d, half, r['lost'], r['won'] = paired_difference(valid[uncached[name]], valid[name])
             r['difference'], r['interval95'] = d, half
             paired = f'  {100 * d:+5.1f} +- {100 * half:.1f} points vs {uncached[name]} (lost {r["lost"]}, won {r["won"]})'
-        print(f'{name:12s} accuracy {r["accuracy"]:6.1%}  {1000 * r["seconds_per_sample"]:7.2f} ms/puzzle  '
+        print(f'{name:25s} accuracy {r["accuracy"]:6.1%}  {1000 * r["seconds_per_sample"]:7.2f} ms/puzzle  '
               f'{r["nfe_per_sample"]:5.1f} passes  {r["positions_per_sample"]:6.0f} positions/puzzle  '
               f'time {r["time_ratio"]:.2f}x of {base}{paired}')
     columns = ('accuracy', 'seconds', 'time_ratio', 'nfe_per_sample', 'positions_per_sample', 'difference', 'interval95')

@@ -18,6 +18,7 @@ any decoder setting given on the command line overrides that.
     python sample.py --ckpt=out/mdlm/ckpt.pt --show --n_latent=3          # watch it decode
     python sample.py --ckpt=out/ar_mtp/ckpt.pt --show                     # AR+MTP: each step's latent guesses
     python sample.py --ckpt=out/mdm/ckpt.pt --threshold=0.999             # several tokens per pass
+    python sample.py --ckpt=out/mdlm/ckpt.pt --n_latent=0 --cache_refresh=-1 --refresh_below=0.999   # cached, refreshed on doubt
     python sample.py --ckpt=out/mdlm/ckpt.pt --input=puzzles.txt --output=answers.txt
 The last line printed is one JSON object (accuracy, n, nfe_per_sample, positions_per_sample,
 seconds and the decoder settings). Sweeps of k and speed benchmarks live in reproduce.py.
@@ -26,6 +27,7 @@ import json, math, sys, time
 from dataclasses import dataclass
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 from model import KVCache, attention_mask
 from data import SPLITS, TaskFormatError, load_splits, read_examples, write_examples
@@ -99,6 +101,8 @@ def trimmed_mask(mask, valid, kept=None):
     return mask
 
 
+REFRESH_BELOW_NEEDS = ('refresh_below reruns a pass whose cache is stale: it needs a cache (cache_refresh = -1: '
+                       'refreshed on doubt only), and a semi_causal_ordered model\'s cache is never stale')
 BROKEN_COMMIT = ('a decoding pass committed a position that was not masked, or none in a row that still had '
                  'some: the decoder would overwrite a given or never finish')
 
@@ -174,9 +178,67 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
     return x, dict(nfe=nfe, positions=positions)
 
 
+def trimmed_pass(model, x, keep, masked, rank, attn, cache=None, kept=None):
+    """One pass of the latent sampler on the positions `keep` [B, T] only, clean ones first, padded
+    to the longest row (exact: under semi-causal attention no position in the pass could see the
+    others); with a cache, every query also sees the kept clean keys (kept [B, K]). Returns idx
+    [B, T'] (the positions run), valid [B, T'] (False on the padding) and the logits."""
+    # EXERCISE 3: trim the pass to `keep` (clean + L + D). idx [B, T'] the kept positions of each
+    # row, clean ones first, padded to the longest row; valid [B, T'] False on the padding
+    idx = (2 * (~keep).to(torch.int8) + masked.to(torch.int8)).argsort(dim=1, stable=True)
+    idx = idx[:, :int(keep.sum(1).max())]
+    valid = torch.gather(keep, 1, idx)
+    # END EXERCISE 3
+    masked_sub = torch.gather(masked, 1, idx) & valid
+    attn_mask = trimmed_mask(attention_mask(attn, masked_sub, torch.gather(rank, 1, idx)), valid, kept)
+    logits, _ = model(torch.gather(x, 1, idx), pos=idx, attn_mask=attn_mask, cache=cache)
+    return idx, valid, logits
+
+
+def keep_clean(cache, idx, valid, clean, cached=None, cached_valid=None):
+    """After a trimmed pass, keep the keys/values of the clean positions it ran (`clean` [B, T];
+    first in idx) in the cache, after those already kept (cached [B, T], cached_valid [B, K]) if
+    given. Returns the new cached and cached_valid."""
+    n_clean = int(clean.sum(1).max())
+    cache.commit(n_clean)
+    kept = torch.gather(clean, 1, idx[:, :n_clean]) & valid[:, :n_clean]
+    now_kept = torch.zeros_like(clean).scatter_(1, idx[:, :n_clean], kept)
+    if cached is None:
+        return now_kept, kept
+    return cached | now_kept, torch.cat([cached_valid, kept], 1)
+
+
+def replace_rows(cache, cached_valid, rows, fresh, fresh_valid):
+    """The keys/values of `rows` replaced by those of `fresh` (a cache of those rows only), both
+    padded to the longer; returns cached_valid [B, K] to match (False on the padding)."""
+    K = max(cached_valid.shape[1], fresh_valid.shape[1])
+    pad = lambda t: t if t.shape[-2] == K else F.pad(t, (0, 0, 0, K - t.shape[-2]))   # [..., length, D]: no copy if long enough
+    for i in range(len(cache.k)):
+        cache.k[i], cache.v[i] = pad(cache.k[i]), pad(cache.v[i])
+        cache.k[i][rows], cache.v[i][rows] = pad(fresh.k[i]), pad(fresh.v[i])
+    cached_valid = pad(cached_valid[..., None])[..., 0]
+    cached_valid[rows] = pad(fresh_valid[..., None])[..., 0]
+    return cached_valid
+
+
+def pass_result(logits, idx, valid, front, order, tokens_per_step, threshold, temperature, gen):
+    """A latent-sampler pass's outcome at every position [B, T]: ran (the positions it ran), commit
+    (the ones to commit now), new (each run position's token) and sure (its top probability, 0
+    where not run)."""
+    token, probs = choose_tokens(logits, temperature, gen)
+    front_sub = torch.gather(front, 1, idx) & valid
+    if order == 'random':
+        commit_sub = front_sub                        # D was chosen before the pass
+    else:
+        commit_sub = commit_rule(probs, front_sub, order, tokens_per_step, threshold, gen)
+    full = lambda sub: torch.zeros(front.shape, dtype=sub.dtype, device=sub.device).scatter_(1, idx, sub)
+    return full(valid), full(commit_sub), full(token), full(probs.amax(-1))
+
+
 @torch.no_grad()
 def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', tokens_per_step=1, n_candidates=8,
-                  threshold=0.0, temperature=0.0, cache_refresh=0, latent_ranks='random', gen=None, trace=None):
+                  threshold=0.0, temperature=0.0, cache_refresh=0, refresh_below=0.0, latent_ranks='random', gen=None,
+                  trace=None):
     """The latent-token sampler for a semi_causal (or semi_causal_ordered) model. Each step, per row:
       order='random' (the paper's uniform order): D = tokens_per_step random masked positions,
                   L = n_latent others at random;
@@ -204,12 +266,20 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
     keys/values; the passes in between run only the positions committed since, L and D (or C),
     against those kept keys/values, which miss what the newer tokens would have changed.
     0 = no cache (exact); -1 = keys/values of the first pass kept to the end.
+    refresh_below=tau > 0 (ours: refresh on doubt) with a cache: a row about to commit a token less
+    sure than tau runs that pass again with every clean position fresh, commits from it, and keeps
+    its fresh keys/values; the keys/values of the positions committed since are kept once run. Most
+    commits of a trained model are near certain, and a stale cache rarely makes a wrong one near
+    certain, so this refreshes where it matters: on 9x9 Sudoku at k = 0 it runs fewer positions
+    than r = 4 and loses no more than r = 2 (README, "Benchmarks"). The rerun counts as a pass.
     A semi_causal_ordered model (ours) ranks clean positions by when they were decoded (givens
     first), and a clean position sees only those ranked no later: nothing decoded later changes
     its keys/values, so with any cache_refresh != 0 each pass appends the keys/values of the
     clean positions it ran to the cache, never recomputes them, and the cache is exact."""
     if order == 'random' and threshold > 0:
         raise ValueError(f'a threshold needs a confidence order ({", ".join(CONFIDENCE_ORDERS)}), not random')
+    if refresh_below > 0 and (cache_refresh == 0 or attn == 'semi_causal_ordered'):
+        raise ValueError(REFRESH_BELOW_NEEDS)
     k_all = n_latent in ('all', -1, None)
     every_candidate = order != 'random' and n_candidates <= 0     # C = every masked position outside L
     if every_candidate and k_all:
@@ -240,19 +310,6 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
             k = k.minimum(remaining - 1); n_front = remaining - k
         front = masked & (slot < n_front[:, None])
         latent = masked & (slot >= n_front[:, None]) & (slot < (n_front + k)[:, None])
-        # an ordered model's cache is exact: filled on the first pass, then only appended to (r = -1)
-        refresh = cache_refresh != 0 and refresh_due(-1 if ordered else cache_refresh, n_pass)
-        reuse = cache_refresh != 0 and not refresh
-        clean = ~masked & ~cached if reuse else ~masked           # the clean positions this pass runs
-        # EXERCISE 3: trim the pass to clean + L + D. idx [B, T'] the kept positions of each row,
-        # clean ones first, padded to the longest row; valid [B, T'] False on the padding
-        keep = clean | front | latent
-        idx = (2 * (~keep).to(torch.int8) + masked.to(torch.int8)).argsort(dim=1, stable=True)
-        idx = idx[:, :int(keep.sum(1).max())]
-        valid = torch.gather(keep, 1, idx)
-        # END EXERCISE 3
-        x_sub = torch.gather(x, 1, idx)
-        masked_sub = torch.gather(masked, 1, idx) & valid
         rank = torch.where(latent, torch.rand(B, T, generator=gen, device=dev), torch.full((B, T), 2.0, device=dev))
         if latent_ranks == 'confidence':
             # EXERCISE 9: the latent chain easiest first: rerank the latents by last_sure [B, T], the
@@ -263,38 +320,44 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
             # END EXERCISE 9
         if ordered:                   # clean positions ranked by when they were decoded
             rank = torch.where(masked, rank, decoded_rank)
-        rank_sub = torch.gather(rank, 1, idx)
-        # with reuse every query also sees the kept clean keys (clean sees clean)
-        attn_mask = trimmed_mask(attention_mask(attn, masked_sub, rank_sub), valid, cached_valid if reuse else None)
+        # an ordered model's cache is exact: filled on the first pass, then only appended to (r = -1)
+        refresh = cache_refresh != 0 and refresh_due(-1 if ordered else cache_refresh, n_pass)
+        reuse = cache_refresh != 0 and not refresh
+        clean = ~masked & ~cached if reuse else ~masked           # the clean positions this pass runs
         if refresh:
             cache = KVCache(model.cfg.n_layer)
-        logits, _ = model(x_sub, pos=idx, attn_mask=attn_mask, cache=cache)
-        if refresh or (reuse and ordered):   # keep the keys/values of the clean positions run (first in idx)
-            n_clean = int(clean.sum(1).max())
-            cache.commit(n_clean)
-            kept = torch.gather(clean, 1, idx[:, :n_clean]) & valid[:, :n_clean]
-            now_kept = torch.zeros_like(masked).scatter_(1, idx[:, :n_clean], kept)
-            cached_valid = kept if refresh else torch.cat([cached_valid, kept], 1)
-            cached = now_kept if refresh else cached | now_kept
+        # with reuse every query also sees the kept clean keys (clean sees clean)
+        idx, valid, logits = trimmed_pass(model, x, clean | front | latent, masked, rank, attn, cache,
+                                          cached_valid if reuse else None)
+        if refresh or (reuse and (ordered or refresh_below > 0)):   # keep the clean positions' keys/values
+            cached, cached_valid = keep_clean(cache, idx, valid, clean, *((cached, cached_valid) if reuse else ()))
         n_pass += 1
-        token, probs = choose_tokens(logits, temperature, gen)
+        ran, commit, new, sure = pass_result(logits, idx, valid, front, order, tokens_per_step, threshold,
+                                             temperature, gen)
+        nfe += active; positions += active * valid.sum(1)
+        if reuse and refresh_below > 0:
+            # refresh on doubt (ours): a row about to commit a token less sure than refresh_below
+            # runs the pass again, every clean position fresh, and commits from that pass instead
+            rows = (active & (commit & (sure < refresh_below)).any(1)).nonzero()[:, 0]
+            if len(rows):
+                fresh = KVCache(model.cfg.n_layer)
+                run = ~masked[rows] | front[rows] | latent[rows]
+                idx_r, valid_r, logits_r = trimmed_pass(model, x[rows], run, masked[rows], rank[rows], attn, fresh)
+                fresh_cached, fresh_valid = keep_clean(fresh, idx_r, valid_r, ~masked[rows])
+                cached_valid = replace_rows(cache, cached_valid, rows, fresh, fresh_valid)
+                cached[rows] = fresh_cached
+                ran[rows], commit[rows], new[rows], sure[rows] = pass_result(
+                    logits_r, idx_r, valid_r, front[rows], order, tokens_per_step, threshold,
+                    temperature, gen)
+                nfe[rows] += 1; positions[rows] += valid_r.sum(1)
         if latent_ranks == 'confidence':   # remember how sure this pass was of each masked cell it ran
-            last_sure.scatter_(1, idx, torch.where(masked_sub, probs.amax(-1).float(), last_sure.gather(1, idx)))
-        front_sub = torch.gather(front, 1, idx) & valid
-        if order == 'random':
-            commit_sub = front_sub                        # D was chosen before the pass
-        else:
-            commit_sub = commit_rule(probs, front_sub, order, tokens_per_step, threshold, gen)
-        commit = torch.zeros_like(masked).scatter_(1, idx, commit_sub)
-        new = torch.zeros_like(x).scatter_(1, idx, token)
+            last_sure = torch.where(ran & masked, sure.float(), last_sure)
         if trace is not None:                              # for --show: what this step did
-            sure = probs.new_zeros(T).scatter_(0, idx[0], probs[0].amax(-1))   # row 0's, at its positions
             trace.append(dict(latent=latent[0].clone(), commit=commit[0].clone(), x=x[0].clone(), guess=new[0].clone(),
-                              sure=sure))
+                              sure=sure[0]))
         x = torch.where(commit, new, x)
         if ordered:   # distinct ranks within a pass too: in training no two clean positions share one
             decoded_rank = torch.where(commit, n_pass + torch.rand(B, T, generator=gen, device=dev), decoded_rank)
-        nfe += active; positions += active * valid.sum(1)
     check_givens_kept(x_in, x)
     return x, dict(nfe=nfe, positions=positions)
 
@@ -371,7 +434,8 @@ DECODERS = {
     'mdm': (decode_mdm, dict(order='top_prob', tokens_per_step=1, n_candidates=0, threshold=0.0, temperature=0.0,
                              cache_refresh=0)),
     'latent': (decode_latent, dict(n_latent='all', order='top_prob', tokens_per_step=1, n_candidates=8,
-                                   threshold=0.0, temperature=0.0, cache_refresh=0, latent_ranks='random')),
+                                   threshold=0.0, temperature=0.0, cache_refresh=0, refresh_below=0.0,
+                                   latent_ranks='random')),
     'ar': (decode_ar, dict(temperature=0.0, use_cache=True)),
     'ar_mtp': (decode_ar_mtp, dict(window=-1, temperature=0.0, use_cache=True)),
 }
@@ -444,6 +508,7 @@ class SampleConfig:
     window: int = None               # ar_mtp: latent window (-1 = all)
     use_cache: bool = None           # ar / ar_mtp with a causal prefix
     cache_refresh: int = None        # mdm, latent: keep clean keys/values, recomputed every r passes (0 = off, -1 = never)
+    refresh_below: float = None      # latent, with a cache: a pass about to commit a token less sure than this reruns fresh (0 = off)
     latent_ranks: str = None         # latent: random (the paper's) | confidence (ours: the latent chain easiest first)
     batch_size: int = 256            # examples decoded together
     device: str = 'auto'             # auto | cpu | cuda | mps
@@ -452,7 +517,7 @@ class SampleConfig:
 
 
 DECODER_SETTINGS = ('n_latent', 'order', 'n_candidates', 'tokens_per_step', 'threshold', 'temperature',
-                    'window', 'use_cache', 'cache_refresh', 'latent_ranks')
+                    'window', 'use_cache', 'cache_refresh', 'refresh_below', 'latent_ranks')
 DECODER_VALUES = {      # setting: (is the value usable?, what it must be); a bad one would hang or mislead
     'n_latent': (lambda v: v == 'all' or (isinstance(v, int) and v >= 0), "a count >= 0 or 'all'"),
     'order': (lambda v: v in COMMIT_ORDERS, f'one of {", ".join(COMMIT_ORDERS)}'),
@@ -463,6 +528,7 @@ DECODER_VALUES = {      # setting: (is the value usable?, what it must be); a ba
     'window': (lambda v: v == -1 or v >= 1, '-1 (all) or a window of at least 1'),
     'use_cache': (lambda v: isinstance(v, bool), 'true or false'),
     'cache_refresh': (lambda v: v >= -1, '-1 (never), 0 (off) or r >= 1 (every r passes)'),
+    'refresh_below': (lambda v: 0 <= v <= 1, 'between 0 (off) and 1'),
     'latent_ranks': (lambda v: v in LATENT_RANKS, f'one of {", ".join(LATENT_RANKS)}'),
 }
 
@@ -494,6 +560,8 @@ def decoder_for(ckpt, cfg):
         if not decoder_value_ok(key, value):
             raise SystemExit(f'error: --{key} must be {DECODER_VALUES[key][1]}, got {value!r}')
         decoder[key] = value
+    if decoder.get('refresh_below') and (not decoder.get('cache_refresh') or ckpt['attn'] == 'semi_causal_ordered'):
+        raise SystemExit(f'error: --{REFRESH_BELOW_NEEDS}')
     # in random order nothing is compared by confidence, except MDM's candidates against a threshold
     if (decoder.get('order') == 'random' and cfg.n_candidates is not None
             and (method == 'latent' or not decoder.get('threshold'))):

@@ -69,11 +69,13 @@ def test_every_scale_builds_valid_settings():
 def test_cache_benchmark_of_a_latent_checkpoint(trained_semi_causal):
     from reproduce import bench_cache
     model, ckpt = load_checkpoint(f'{trained_semi_causal}/out/ckpt.pt')
-    results = bench_cache(model, ckpt, 16, 'cpu', refreshes=(0, 1, 4), rounds=1)
-    assert list(results) == ['k=all r=0', 'k=all r=1', 'k=all r=4', 'k=0 r=0', 'k=0 r=1', 'k=0 r=4']
-    for k in ('all', '0'):                      # r=1 is the uncached sampler; r=4 runs fewer positions
-        assert results[f'k={k} r=1']['accuracy'] == results[f'k={k} r=0']['accuracy']
-        assert (results[f'k={k} r=1']['lost'], results[f'k={k} r=1']['won']) == (0, 0)   # the same puzzles, too
+    results = bench_cache(model, ckpt, 16, 'cpu', refreshes=(0, 1, 4), doubts=(1.0,), rounds=1)
+    assert list(results) == ['k=all r=0', 'k=all r=1', 'k=all r=4', 'k=0 r=0', 'k=0 r=1', 'k=0 r=4',
+                             'k=all r=never below=1.0', 'k=0 r=never below=1.0']
+    for k in ('all', '0'):     # r=1 and refresh on doubt at tau=1 are the uncached sampler; r=4 runs fewer positions
+        for same in (f'k={k} r=1', f'k={k} r=never below=1.0'):
+            assert results[same]['accuracy'] == results[f'k={k} r=0']['accuracy']
+            assert (results[same]['lost'], results[same]['won']) == (0, 0)   # the same puzzles, too
         assert 'difference' not in results[f'k={k} r=0']                                 # its own baseline
         assert results[f'k={k} r=4']['positions_per_sample'] < results[f'k={k} r=0']['positions_per_sample']
 

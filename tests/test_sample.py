@@ -4,7 +4,7 @@ import json, math, re, subprocess, sys
 import numpy as np
 import pytest
 import torch
-from model import ModelConfig, Transformer, attention_mask
+from model import KVCache, ModelConfig, Transformer, attention_mask
 import sample
 from sample import decode_latent, decode_mdm, evaluate
 from data import generate
@@ -321,7 +321,7 @@ def test_decoder_defaults_to_the_checkpoint_and_rejects_settings_that_do_not_app
     ('semi_causal', 'threshold', 2.0), ('semi_causal', 'temperature', -1.0), ('semi_causal', 'cache_refresh', -5),
     ('semi_causal', 'n_latent', 'alll'), ('prefix', 'window', 0),                    # window 0 used to mean all
     ('semi_causal', 'threshold', 'abc'), ('semi_causal', 'temperature', 'x'),         # were TypeError tracebacks
-    ('semi_causal', 'threshold', True)])
+    ('semi_causal', 'threshold', True), ('semi_causal', 'refresh_below', 1.5)])
 def test_decoder_values_no_decoding_can_use_are_refused(attn, setting, value):
     from sample import SampleConfig, decoder_for, default_decoder
     ckpt = dict(attn=attn, decoder=default_decoder(attn))
@@ -530,6 +530,68 @@ def test_ordered_variant_cache_is_exact_at_any_refresh_and_each_clean_position_r
         front = 1 if order == 'random' else 8
         runs = sum((n_masked - p).clamp(0, front) for p in range(int(n_masked.max())))   # D or C per pass
         assert torch.equal(s1['positions'], (n_clean + n_masked - 1 + runs).float())
+
+
+def decode_doubt(model, x, order, k, tau):
+    return decode_latent(model, x, 'semi_causal', n_latent=k, order=order, cache_refresh=-1, refresh_below=tau,
+                         gen=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize('order,k', [('random', 0), ('top_prob', 0), ('top_prob', 'all')])
+def test_refresh_on_doubt_commits_from_a_fresh_pass_whenever_unsure(order, k):
+    """refresh_below: a row about to commit a token less sure than tau reruns the pass with every
+    clean position fresh and commits from that pass. At tau = 1 every unsure commit is made from a
+    fresh pass, so the answers are the uncached sampler's, on a model whose stale cache does
+    change them (a tau no commit falls below never reruns)."""
+    model, x = tiny_model(n_layer=2, sharp=True), puzzles(16)[1]
+    plain, s0 = decode_both(model, x, order, k, r=1)[0]
+    always, s1 = decode_doubt(model, x, order, k, 1.0)
+    never, s2 = decode_doubt(model, x, order, k, 1e-12)
+    assert torch.equal(always, plain) and not torch.equal(never, plain)
+    assert torch.equal(s2['nfe'], s0['nfe']) and (s1['nfe'] > s0['nfe']).all()       # a rerun is a pass
+
+
+@pytest.mark.parametrize('order,k', [('random', 0), ('top_prob', 'all')])
+def test_refresh_on_doubt_keeps_what_it_runs_exact_where_nothing_goes_stale(order, k):
+    """With one layer kept keys/values never go stale (test above), so refresh on doubt, which
+    keeps the keys/values of each position committed since once it has run, gives the uncached
+    answers at any tau. Where no commit is in doubt, it runs fewer positions than no cache: each
+    clean position once, so at k = 0 the clean count + per pass the new token and D."""
+    model, x = tiny_model(n_layer=1, sharp=True), puzzles(16)[1]
+    plain, s0 = decode_both(model, x, order, k, r=1)[0]
+    for tau in (1e-12, 0.5, 0.999):
+        doubt, s1 = decode_doubt(model, x, order, k, tau)
+        assert torch.equal(doubt, plain)
+        if tau == 1e-12:
+            assert (s1['positions'] < s0['positions']).all()
+    if k == 0:
+        n_clean, n_masked = (x != MASK).sum(1), (x == MASK).sum(1)
+        assert torch.equal(decode_doubt(model, x, order, k, 1e-12)[1]['positions'], (n_clean + 2 * n_masked - 1).float())
+
+
+def test_replace_rows_swaps_in_a_fresh_cache_padded_to_the_longer():
+    from sample import replace_rows
+    cache, fresh = KVCache(1), KVCache(1)
+    cache.k[0], cache.v[0] = torch.ones(3, 1, 2, 1), 2 * torch.ones(3, 1, 2, 1)        # 3 rows, 2 kept each
+    fresh.k[0], fresh.v[0] = 3 * torch.ones(1, 1, 4, 1), 4 * torch.ones(1, 1, 4, 1)    # row 1 anew: 4 kept
+    valid = replace_rows(cache, torch.tensor([[True, True], [True, False], [False, True]]), torch.tensor([1]),
+                         fresh, torch.tensor([[True, True, True, False]]))
+    assert valid.tolist() == [[True, True, False, False], [True, True, True, False], [False, True, False, False]]
+    assert cache.k[0][:, 0, :, 0].tolist() == [[1, 1, 0, 0], [3, 3, 3, 3], [1, 1, 0, 0]]
+    assert cache.v[0][:, 0, :, 0].tolist() == [[2, 2, 0, 0], [4, 4, 4, 4], [2, 2, 0, 0]]
+
+
+def test_refresh_on_doubt_needs_a_stale_cache():
+    from sample import SampleConfig, decoder_for, default_decoder
+    model, x = tiny_model(), puzzles(2)[1]
+    for attn, r in (('semi_causal', 0), ('semi_causal_ordered', -1)):
+        with pytest.raises(ValueError, match='refresh_below reruns a pass whose cache is stale'):
+            decode_latent(model, x, attn, cache_refresh=r, refresh_below=0.9)
+        ckpt = dict(attn=attn, decoder=default_decoder(attn))
+        with pytest.raises(SystemExit, match='--refresh_below reruns a pass whose cache is stale'):
+            decoder_for(ckpt, SampleConfig(refresh_below=0.9, cache_refresh=r))
+    assert decoder_for(dict(attn='semi_causal', decoder=default_decoder('semi_causal')),
+                       SampleConfig(refresh_below=0.9, cache_refresh=-1))['refresh_below'] == 0.9
 
 
 def decode_mdm_both(model, x, order, r, attn='full'):
