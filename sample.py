@@ -101,8 +101,6 @@ def trimmed_mask(mask, valid, kept=None):
     return mask
 
 
-REFRESH_BELOW_NEEDS = ('refresh_below reruns a pass whose cache is stale: it needs a cache (cache_refresh = -1: '
-                       'refreshed on doubt only), and a semi_causal_ordered model\'s cache is never stale')
 BROKEN_COMMIT = ('a decoding pass committed a position that was not masked, or none in a row that still had '
                  'some: the decoder would overwrite a given or never finish')
 
@@ -279,7 +277,8 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
     if order == 'random' and threshold > 0:
         raise ValueError(f'a threshold needs a confidence order ({", ".join(CONFIDENCE_ORDERS)}), not random')
     if refresh_below > 0 and (cache_refresh == 0 or attn == 'semi_causal_ordered'):
-        raise ValueError(REFRESH_BELOW_NEEDS)
+        raise ValueError('refresh_below reruns a pass whose cache is stale: it needs a cache (cache_refresh = -1: '
+                         'refreshed on doubt only), and a semi_causal_ordered model\'s cache is never stale')
     k_all = n_latent in ('all', -1, None)
     every_candidate = order != 'random' and n_candidates <= 0     # C = every masked position outside L
     if every_candidate and k_all:
@@ -560,8 +559,6 @@ def decoder_for(ckpt, cfg):
         if not decoder_value_ok(key, value):
             raise SystemExit(f'error: --{key} must be {DECODER_VALUES[key][1]}, got {value!r}')
         decoder[key] = value
-    if decoder.get('refresh_below') and (not decoder.get('cache_refresh') or ckpt['attn'] == 'semi_causal_ordered'):
-        raise SystemExit(f'error: --{REFRESH_BELOW_NEEDS}')
     # in random order nothing is compared by confidence, except MDM's candidates against a threshold
     if (decoder.get('order') == 'random' and cfg.n_candidates is not None
             and (method == 'latent' or not decoder.get('threshold'))):

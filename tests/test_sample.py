@@ -581,15 +581,16 @@ def test_replace_rows_swaps_in_a_fresh_cache_padded_to_the_longer():
     assert cache.v[0][:, 0, :, 0].tolist() == [[2, 2, 0, 0], [4, 4, 4, 4], [2, 2, 0, 0]]
 
 
-def test_refresh_on_doubt_needs_a_stale_cache():
+def test_refresh_on_doubt_needs_a_stale_cache(trained_semi_causal):
+    """The decoder refuses it; the command line turns that into an error message, as for every
+    setting a decoder refuses."""
     from sample import SampleConfig, decoder_for, default_decoder
     model, x = tiny_model(), puzzles(2)[1]
     for attn, r in (('semi_causal', 0), ('semi_causal_ordered', -1)):
         with pytest.raises(ValueError, match='refresh_below reruns a pass whose cache is stale'):
             decode_latent(model, x, attn, cache_refresh=r, refresh_below=0.9)
-        ckpt = dict(attn=attn, decoder=default_decoder(attn))
-        with pytest.raises(SystemExit, match='--refresh_below reruns a pass whose cache is stale'):
-            decoder_for(ckpt, SampleConfig(refresh_below=0.9, cache_refresh=r))
+    with pytest.raises(SystemExit, match='error: refresh_below reruns a pass whose cache is stale'):
+        sample.main([f'--ckpt={trained_semi_causal}/out/ckpt.pt', '--refresh_below=0.9', '--n=2'])
     assert decoder_for(dict(attn='semi_causal', decoder=default_decoder('semi_causal')),
                        SampleConfig(refresh_below=0.9, cache_refresh=-1))['refresh_below'] == 0.9
 
