@@ -147,7 +147,8 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
         active = masked.any(1)
         if not active.any(): break
         if n_pass == T: raise RuntimeError(BROKEN_COMMIT)     # each pass commits one: T passes at most
-        if refresh_due(cache_refresh, n_pass):
+        refresh = refresh_due(cache_refresh, n_pass)
+        if refresh:
             cache = KVCache(model.cfg.n_layer) if cache_refresh != 0 else None
             logits, _ = model(x, attn_mask=attention_mask(attn, masked), cache=cache)
             if cache is not None:            # masked positions' keys/values are kept too, never seen
@@ -169,7 +170,8 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
             sees = attention_mask(attn, masked[:1])
             seen = masked[0] if sees is None else sees[0][commit[0]].any(0)
             trace.append(dict(latent=masked[0] & ~commit[0] & seen, commit=commit[0].clone(), x=x[0].clone(),
-                              guess=token[0].clone(), sure=probs[0].amax(-1)))
+                              guess=token[0].clone(), sure=probs[0].amax(-1),
+                              cache=None if cache is None else 'refreshed' if refresh else 'kept'))
         x = torch.where(commit, token, x)
         nfe += active; positions += active * ran
     check_givens_kept(x_in, x)
@@ -334,11 +336,14 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
         ran, commit, new, sure = pass_result(logits, idx, valid, front, order, tokens_per_step, threshold,
                                              temperature, gen)
         nfe += active; positions += active * valid.sum(1)
+        cache_use = 'refreshed' if refresh else 'kept' if reuse else None     # for --show (row 0)
         if reuse and refresh_below > 0:
             # refresh on doubt (ours): a row about to commit a token less sure than refresh_below
             # runs the pass again, every clean position fresh, and commits from that pass instead
             rows = (active & (commit & (sure < refresh_below)).any(1)).nonzero()[:, 0]
             if len(rows):
+                if trace is not None and rows[0] == 0:     # for --show: how sure the pass on the cache was
+                    cache_use = ('doubt', float(sure[0][commit[0]].min()))
                 fresh = KVCache(model.cfg.n_layer)
                 run = ~masked[rows] | front[rows] | latent[rows]
                 idx_r, valid_r, logits_r = trimmed_pass(model, x[rows], run, masked[rows], rank[rows], attn, fresh)
@@ -353,7 +358,7 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
             last_sure = torch.where(ran & masked, sure.float(), last_sure)
         if trace is not None:                              # for --show: what this step did
             trace.append(dict(latent=latent[0].clone(), commit=commit[0].clone(), x=x[0].clone(), guess=new[0].clone(),
-                              sure=sure[0]))
+                              sure=sure[0], cache=cache_use))
         x = torch.where(commit, new, x)
         if ordered:   # distinct ranks within a pass too: in training no two clean positions share one
             decoded_rank = torch.where(commit, n_pass + torch.rand(B, T, generator=gen, device=dev), decoded_rank)
@@ -574,7 +579,9 @@ def show(model, task, problem, attn, decoder, device):
     each decoded cell with how sure the model was of it (its top probability); a Sudoku cell, decoded
     or latent, by its index and by row and column, counted from 1 (on 6x6, cell 14 (r3c3)).
     MDM: the same drawing, every other masked cell a latent (k = all at every step); SIDM's
-    masked cells see no other masked cell, so it has none.
+    masked cells see no other masked cell, so it has none. With a cache (either sampler), each step
+    also says whether its clean cells ran fresh or came from the cache, and with refresh_below,
+    where doubt ran the pass again, how sure the pass on the cache was.
     AR+MTP: the answer so far, the token this step writes in [brackets], then the guesses of the
     latent positions after it (the rest of its window)."""
     if decoder['method'] not in ('latent', 'mdm', 'ar_mtp'):
@@ -601,8 +608,13 @@ def show(model, task, problem, attn, decoder, device):
             marks = {p - start: '*' for p in torch.nonzero(t['latent']).flatten().tolist()}
             new = [p - start for p in torch.nonzero(t['commit']).flatten().tolist()]
             decoded = ', '.join(f'cell {where(c)} = {cells[c]} ({float(t["sure"][c + start]):.0%})' for c in new)
+            cache = {None: '', 'refreshed': '; cache refreshed: every clean cell run',
+                     'kept': '; clean cells from the cache'}.get(t['cache'])
+            if cache is None:      # refresh on doubt: ('doubt', how sure the pass on the cache was)
+                cache = f'; from the cache only {t["cache"][1]:.0%} sure: pass run again, every clean cell fresh'
             print(f'step {step + 1}: decode {decoded}; '
-                  f'{len(marks)} latent tokens (*), {int((t["x"] == MASK).sum()) - len(new) - len(marks)} other masked (.)')
+                  f'{len(marks)} latent tokens (*), {int((t["x"] == MASK).sum()) - len(new) - len(marks)} other masked (.)'
+                  + cache)
             if sudoku:
                 print('\n'.join(task.grid(cells, marks)))
             else:

@@ -263,6 +263,36 @@ def test_show_draws_mdm_decoding_with_every_other_masked_cell_as_a_latent(capsys
     assert [len(g.split(', ')) for g in guesses] == [k for k in latents if k > 0]
 
 
+
+def test_show_says_how_each_pass_used_the_cache_and_where_doubt_ran_it_again(trained_semi_causal, capsys):
+    """--show with a cache: each step says whether its clean cells ran fresh or came from the cache
+    (every other pass at r = 2, for both samplers); with refresh_below, a step in doubt says how sure
+    the pass on the cache was (below tau) and that it ran again: as many such steps as the decoder's
+    extra passes. Without a cache, nothing is said."""
+    from utils import load_checkpoint
+    model, _ = load_checkpoint(f'{trained_semi_causal}/out/ckpt.pt')
+    (problem, _), = generate(TASK, 1, seed=3, workers=1)
+    fresh, kept = '; cache refreshed: every clean cell run', '; clean cells from the cache'
+
+    def notes(method, attn, **settings):
+        sample.show(model, TASK, problem, attn, dict(sample.DECODERS[method][1], method=method, **settings), 'cpu')
+        return re.findall(r'^step \d+: decode cell \d+ \(r\d+c\d+\) = \d \((\d+)%\); .* other masked \(\.\)(.*)$',
+                          capsys.readouterr().out, re.M)
+    holes = problem.count('.')
+    for method, attn in (('latent', 'semi_causal'), ('mdm', 'full')):
+        assert [n for _, n in notes(method, attn, cache_refresh=2)] == [fresh, kept] * (holes // 2) + [fresh] * (holes % 2)
+        assert [n for _, n in notes(method, attn)] == [''] * holes
+    settings = dict(sample.DECODERS['latent'][1], n_latent=0, cache_refresh=-1, refresh_below=0.9)
+    steps = notes('latent', 'semi_causal', **settings)
+    assert steps[0][1] == fresh and len(steps) == holes
+    doubt = [(int(shown), re.fullmatch(r'; from the cache only (\d+)% sure: pass run again, every clean cell fresh',
+                                       note)) for shown, note in steps[1:] if note != kept]
+    assert doubt and all(d and int(d[1]) <= 90 for _, d in doubt)       # the pass on the cache: below tau
+    assert all(int(shown) >= 90 for shown, note in steps[1:] if note == kept)
+    x = torch.from_numpy(TASK.encode(problem)[0])[None]
+    _, stats = decode_latent(model, x, 'semi_causal', gen=torch.Generator().manual_seed(0), **settings)
+    assert int(stats['nfe'][0]) == holes + len(doubt)                    # each doubt: one pass more
+
 def run(*args):
     return subprocess.run([sys.executable, 'sample.py', *args], capture_output=True, text=True)
 
