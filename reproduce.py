@@ -19,6 +19,7 @@ reproduce.py: the paper's three findings, measured here, by one command.
     python reproduce.py --sweep_latent=0,1,2,4,all --ckpt=out/mdlm/ckpt.pt --ref_ckpts=out/mdm/ckpt.pt,out/sidm/ckpt.pt
     python reproduce.py --sweep_threshold=0,0.5,0.9,0.99 --ckpt=out/mdm/ckpt.pt   # passes vs accuracy
     python reproduce.py --bench_cache --ckpt=out/mdlm/ckpt.pt   # cached vs uncached decoding, one run
+    python reproduce.py --bench_cache --ckpt=out/mdlm/ckpt.pt --input=fresh6.txt   # on a file's puzzles (any job on --ckpt)
     python reproduce.py --probe_window --ckpt=out/ar_mtp/ckpt.pt  # what AR+MTP's latent positions know
     python reproduce.py --calibration=0,0.9 --ckpt=out/mdm/ckpt.pt  # is an MDM as sure as it is right?
     python reproduce.py --spread=results,results/seeds3_5  # every target seed by seed, over runs of one recipe
@@ -38,9 +39,10 @@ import dataclasses, json, math, multiprocessing, os, platform, statistics, sys, 
 from concurrent.futures import ProcessPoolExecutor, as_completed
 import torch
 from tqdm import tqdm
-from sample import DECODERS, checkpoint_examples, choose_tokens, commit_rule, decoder_value_ok, evaluate, random_subset
+from sample import (DECODERS, checkpoint_examples, choose_tokens, commit_rule, decoder_value_ok, evaluate,
+                    load_examples, random_subset)
 from model import attention_mask
-from tasks import MASK
+from tasks import MASK, get_task
 from train_ar_mtp import ARConfig, objective
 from train_mdlm import TrainConfig, load_data, train
 from configurator import changed_settings, parse_settings, parse_value, refuse_unused
@@ -216,7 +218,9 @@ class ReproduceConfig:
     bench_cache: bool = False  # cached vs uncached decoding of --ckpt, in one run
     probe_window: bool = False # what an AR+MTP checkpoint's latent positions know, cut by cut
     calibration: str = ''      # e.g. 0,0.9: how sure an MDM is against how often it is right, per threshold
-    n: int = 500               # test examples for the jobs on --ckpt
+    n: int = 500               # examples for the jobs on --ckpt: the first n of the test split or of --input
+    input: str = ''            # the jobs on --ckpt: puzzles from this file (sample.py's --input) instead of the
+                               # checkpoint's test split (their files are named after it, beside the checkpoint)
 
 
 CKPT_JOBS = ('sweep_latent', 'sweep_threshold', 'bench_cache', 'probe_window', 'calibration')     # each needs --ckpt
@@ -316,10 +320,9 @@ def plot_dial(rows, path, title=''):
     print(f'wrote {path}')
 
 
-def sweep_threshold(model, ckpt, taus, n_test, prefix, device):
+def sweep_threshold(model, ckpt, taus, task, examples, prefix, device):
     """Threshold decoding: each pass also commits every candidate at least tau confident. Writes
     <prefix>.csv/.png: accuracy against forward passes per puzzle; tau = 0 is one token per pass."""
-    task, examples = checkpoint_examples(ckpt, 'test', n_test)
     rows = []
     for tau in taus.split(','):
         r = evaluate(model, task, examples, ckpt['attn'], dict(ckpt['decoder'], threshold=float(tau)), device=device)
@@ -350,10 +353,10 @@ CONFIDENCE_BINS = (0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1)
 
 
 @torch.no_grad()
-def calibration(model, ckpt, taus, n, path, device, seed=0, batch_size=256):
+def calibration(model, ckpt, taus, task, examples, path, device, seed=0, batch_size=256):
     """Is an MDM as often right as it is sure, and what does threshold decoding lose to that? For
-    each tau, the checkpoint's decoder with --threshold=tau runs on n Sudoku test puzzles with every
-    commit replaced by the right digit (of the puzzle's unique solution): the path decoding takes
+    each tau, the checkpoint's decoder with --threshold=tau runs on the Sudoku puzzles `examples` with
+    every commit replaced by the right digit (of the puzzle's solution): the path decoding takes
     while it makes no mistake, so a puzzle is solved exactly when every committed guess on it is
     right. The committed cells, binned by confidence (top probability): how many, how sure on
     average, how often right (written to `path`, a .csv, and drawn beside it as a .png). Printed
@@ -363,7 +366,6 @@ def calibration(model, ckpt, taus, n, path, device, seed=0, batch_size=256):
     if ckpt['decoder']['method'] != 'mdm' or not ckpt['task_config']['name'].startswith('sudoku'):
         raise SystemExit(f'error: --calibration needs an MDM or SIDM Sudoku checkpoint (a unique solution says '
                          f'which guess is right); this one is {ckpt["attn"]!r} on {ckpt["task_config"]["name"]!r}')
-    task, examples = checkpoint_examples(ckpt, 'test', n)
     d = ckpt['decoder']
     rows, summary = [], {}
     for tau in taus:
@@ -424,7 +426,8 @@ def calibration(model, ckpt, taus, n, path, device, seed=0, batch_size=256):
     return rows, summary
 
 
-def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 3, 4, 8, -1), doubts=(0.99, 0.999), rounds=3):
+def bench_cache(model, ckpt, task, examples, device, refreshes=(0, 1, 2, 3, 4, 8, -1), doubts=(0.99, 0.999),
+                rounds=3):
     """Cached vs uncached decoding of one checkpoint, in one run: ratios, not times. The rows take
     turns for `rounds` rounds; a row's time is its median, its ratio the median over rounds of
     its time over the first row's in the same round (a machine's speed drifts between rounds).
@@ -434,7 +437,6 @@ def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 3, 4, 8, -1), doubts
     on doubt only (refresh_below = each of `doubts`); times are given against uncached k = all. MDM (and SIDM): the cache off and refreshed every r passes.
     Each cached row's accuracy is also compared, puzzle by puzzle, with the uncached row of the same
     k (paired_difference)."""
-    task, examples = checkpoint_examples(ckpt, 'test', n)
     never = lambda r: 'never' if r == -1 else r
     if ckpt['decoder']['method'] == 'latent':
         runs = {f'k={k} r={never(r)}': dict(n_latent=k, cache_refresh=r) for k in ('all', 0) for r in refreshes}
@@ -476,19 +478,19 @@ def bench_cache(model, ckpt, n, device, refreshes=(0, 1, 2, 3, 4, 8, -1), doubts
     return results
 
 
-def probe_window(model, ckpt, n, path, device):
-    """train_ar_mtp.window_accuracy on n test examples of an AR+MTP checkpoint: for each cut (the
-    answer before it given, right), the share of examples whose guess at each answer position in
-    the window is right. Printed as a table and written to `path` (cut, position, accuracy)."""
+def probe_window(model, ckpt, task, examples, path, device):
+    """train_ar_mtp.window_accuracy on `examples` (with answers) of an AR+MTP checkpoint: for each
+    cut (the answer before it given, right), the share of examples whose guess at each answer
+    position in the window is right. Printed as a table and written to `path` (cut, position,
+    accuracy)."""
     from train_ar_mtp import window_accuracy
     if ckpt['decoder']['method'] != 'ar_mtp':
         raise SystemExit(f'error: --probe_window needs an AR+MTP checkpoint; {ckpt["attn"]!r} models have no window')
-    task, examples = checkpoint_examples(ckpt, 'test', n)
     ids, answer_mask = (torch.from_numpy(a).to(device) for a in task.encode_batch(examples))
     cfg = ckpt['train_config']
     acc = window_accuracy(model, ids, answer_mask, cfg['mtp_window'], cfg['prefix'])
     truth = task.tokenize(examples[0][1])
-    print(f'{ckpt["task_config"]}, {len(examples)} test examples, teacher-forced: % right at each answer '
+    print(f'{ckpt["task_config"]}, {len(examples)} examples, teacher-forced: % right at each answer '
           f'position (columns) when the answer before the cut (rows) is given; first example\'s answer: {" ".join(truth)}')
     L = acc.shape[0]
     print('cut \\ position ' + ' '.join(f'{p:>5d}' for p in range(L)))
@@ -505,7 +507,7 @@ def check_job(cfg):
     """One job per command: a scale run, --table, --spread, or one job on --ckpt. A setting the
     chosen job would ignore is an error, not a silent no-op."""
     if cfg.spread:
-        return refuse_unused(cfg, ['scale', 'seeds', 'out', 'device', 'processes', 'table', 'n', 'ckpt', 'ref_ckpts']
+        return refuse_unused(cfg, ['scale', 'seeds', 'out', 'device', 'processes', 'table', 'n', 'input', 'ckpt', 'ref_ckpts']
                              + list(CKPT_JOBS), '--spread', 'it only reads the summary.json of the runs it is given')
     jobs = [j for j in CKPT_JOBS if getattr(cfg, j)]
     if len(jobs) > 1:
@@ -515,14 +517,14 @@ def check_job(cfg):
     if cfg.table and jobs:
         raise SystemExit(f'error: --table rewrites a scale run\'s files; it cannot be combined with --{jobs[0]}')
     ignored = changed_settings(cfg, ['scale', 'seeds', 'out', 'processes'] if jobs else
-                               ['seeds', 'device', 'processes', 'ckpt', 'ref_ckpts', 'n'] if cfg.table else
-                               ['ckpt', 'ref_ckpts', 'n'])
+                               ['seeds', 'device', 'processes', 'ckpt', 'ref_ckpts', 'n', 'input'] if cfg.table else
+                               ['ckpt', 'ref_ckpts', 'n', 'input'])
     if cfg.ref_ckpts and jobs != ['sweep_latent']:
         ignored.append('--ref_ckpts')
     if ignored:
         job = f'--{jobs[0]}' if jobs else '--table' if cfg.table else f'a --scale={cfg.scale} run'
         raise SystemExit(f'error: {job} does not use {", ".join(sorted(set(ignored)))} '
-                         f'(--ckpt, --n: the jobs {", ".join("--" + j for j in CKPT_JOBS)}; '
+                         f'(--ckpt, --n, --input: the jobs {", ".join("--" + j for j in CKPT_JOBS)}; '
                          '--ref_ckpts: --sweep_latent; --scale, --seeds, --out, --processes: a scale run)')
 
 
@@ -563,29 +565,36 @@ def main(argv):
     device = pick_device(cfg.device)
     if any(getattr(cfg, j) for j in CKPT_JOBS):
         model, ckpt = load_checkpoint(cfg.ckpt, device)
+        task = get_task(**ckpt['task_config'])
+        examples = load_examples(task, ckpt, cfg.input, cfg.n)          # the first n of --input or of the test split
+        # what a job writes goes beside the checkpoint, named after --input if given
+        written = lambda name: os.path.join(os.path.dirname(cfg.ckpt), name + (
+            f'_{os.path.splitext(os.path.basename(cfg.input))[0]}' if cfg.input else ''))
+        if (cfg.calibration or cfg.probe_window) and not all(a is not None and task.verify(p, a) for p, a in examples):
+            raise SystemExit(f'error: --{"calibration" if cfg.calibration else "probe_window"} compares each guess '
+                             f'with the right answer: every line of {cfg.input} must give its puzzle and a right '
+                             'answer (puzzle,solution)')
         if cfg.bench_cache:
-            return bench_cache(model, ckpt, cfg.n, device)
+            return bench_cache(model, ckpt, task, examples, device)
         if cfg.calibration:
-            return calibration(model, ckpt, [float(t) for t in cfg.calibration.split(',')], cfg.n,
-                               os.path.join(os.path.dirname(cfg.ckpt), 'calibration.csv'), device)
+            return calibration(model, ckpt, [float(t) for t in cfg.calibration.split(',')], task, examples,
+                               written('calibration') + '.csv', device)
         if cfg.probe_window:
-            return probe_window(model, ckpt, cfg.n, os.path.join(os.path.dirname(cfg.ckpt), 'probe_window.csv'), device)
+            return probe_window(model, ckpt, task, examples, written('probe_window') + '.csv', device)
         if cfg.sweep_threshold:
             if ckpt['decoder']['method'] not in ('mdm', 'latent'):
                 raise SystemExit(f'error: --sweep_threshold needs a diffusion checkpoint; {cfg.ckpt} is {ckpt["attn"]!r}')
-            return sweep_threshold(model, ckpt, cfg.sweep_threshold, cfg.n,
-                                   os.path.join(os.path.dirname(cfg.ckpt), 'sweep_threshold'), device)
+            return sweep_threshold(model, ckpt, cfg.sweep_threshold, task, examples, written('sweep_threshold'), device)
         if ckpt['decoder']['method'] != 'latent':
             raise SystemExit(f'error: --sweep_latent needs a checkpoint the latent sampler decodes (semi_causal, '
                              f'semi_causal_ordered); {cfg.ckpt} is {ckpt["attn"]!r}')
         refs = [load_checkpoint(p, device) for p in filter(None, cfg.ref_ckpts.split(','))]
         if any(r[1]['task_config'] != ckpt['task_config'] or r[1]['attn'] not in ('full', 'independent') for r in refs):
             raise SystemExit('error: --ref_ckpts must be full or independent models of the same task')
-        task, examples = checkpoint_examples(ckpt, 'test', cfg.n)           # the same puzzles for every model
-        refs = {ck['attn']: decode_both_orders(m, ck, task, examples, device) for m, ck in refs}
-        prefix = os.path.join(os.path.dirname(cfg.ckpt), 'sweep_latent')
-        rows = sweep_latent(model, ckpt, task, examples, cfg.sweep_latent, refs, prefix, device)
-        return plot_dial(rows, prefix + '.png', f'{cfg.ckpt}, {cfg.n} test puzzles')
+        refs = {ck['attn']: decode_both_orders(m, ck, task, examples, device) for m, ck in refs}   # the same puzzles
+        rows = sweep_latent(model, ckpt, task, examples, cfg.sweep_latent, refs, written('sweep_latent'), device)
+        return plot_dial(rows, written('sweep_latent') + '.png',
+                         f'{cfg.ckpt}, {len(examples)} {"puzzles of " + cfg.input if cfg.input else "test puzzles"}')
     if cfg.processes > 1 and device != 'cpu':
         raise SystemExit(f'error: --processes shares out a CPU\'s cores; on {device} train one model at a time '
                          '(leave --processes at 1)')

@@ -633,20 +633,21 @@ def checkpoint_examples(ckpt, split='test', n=None):
     return task, load_splits(task, tc['n_train'], tc['n_val'], tc['n_test'], tc['data_seed'], tc['data_dir'])[split][:n]
 
 
-def load_examples(task, ckpt, cfg):
-    """The puzzles to decode: an input file, or a split of the checkpoint's own data."""
-    if cfg.input:
+def load_examples(task, ckpt, input='', n=None, split=None, skip_bad=False):
+    """The puzzles to decode: the first n of an input file (all without n), or of a split of the
+    checkpoint's own data (1000 without n)."""
+    if input:
         try:
-            read = read_examples(task, cfg.input, skip_bad=cfg.skip_bad, limit=cfg.n)
+            read = read_examples(task, input, skip_bad=skip_bad, limit=n)
         except (TaskFormatError, OSError) as e:
             raise SystemExit(f'error: {e} (the checkpoint is for {task.name} {task.options})')
-        examples, errors = read if cfg.skip_bad else (read, [])
+        examples, errors = read if skip_bad else (read, [])
         for e in errors: print('skipped', e)
         return examples
-    split = cfg.split or 'test'
+    split = split or 'test'
     if split not in SPLITS:
         raise SystemExit(f'error: --split must be one of {", ".join(SPLITS)}')
-    return checkpoint_examples(ckpt, split, cfg.n or 1000)[1]
+    return checkpoint_examples(ckpt, split, n or 1000)[1]
 
 
 def main(argv):
@@ -667,7 +668,7 @@ def main(argv):
     model, ckpt = load_checkpoint(cfg.ckpt, device)
     task = get_task(**ckpt['task_config'])
     decoder = decoder_for(ckpt, cfg)
-    examples = load_examples(task, ckpt, cfg)
+    examples = load_examples(task, ckpt, cfg.input, cfg.n, cfg.split, cfg.skip_bad)
     try:
         if cfg.show:
             return show(model, task, examples[0][0], ckpt['attn'], decoder, device)

@@ -69,7 +69,8 @@ def test_every_scale_builds_valid_settings():
 def test_cache_benchmark_of_a_latent_checkpoint(trained_semi_causal):
     from reproduce import bench_cache
     model, ckpt = load_checkpoint(f'{trained_semi_causal}/out/ckpt.pt')
-    results = bench_cache(model, ckpt, 16, 'cpu', refreshes=(0, 1, 4), doubts=(1.0,), rounds=1)
+    results = bench_cache(model, ckpt, *reproduce.checkpoint_examples(ckpt, 'test', 16), 'cpu', refreshes=(0, 1, 4),
+                          doubts=(1.0,), rounds=1)
     assert list(results) == ['k=all r=0', 'k=all r=1', 'k=all r=4', 'k=0 r=0', 'k=0 r=1', 'k=0 r=4',
                              'k=all r=never below=1.0', 'k=0 r=never below=1.0']
     for k in ('all', '0'):     # r=1 and refresh on doubt at tau=1 are the uncached sampler; r=4 runs fewer positions
@@ -80,6 +81,33 @@ def test_cache_benchmark_of_a_latent_checkpoint(trained_semi_causal):
         assert results[f'k={k} r=4']['positions_per_sample'] < results[f'k={k} r=0']['positions_per_sample']
 
 
+
+def test_the_jobs_on_a_checkpoint_read_puzzles_from_a_file(trained_semi_causal, tmp_path):
+    """--input: a job on --ckpt runs on the first n puzzles of a file instead of the test split, and
+    names what it writes after the file: the test split's puzzles written to a file (no answers, '0'
+    blanks) give the test split's rows (and 16 of them would not). The jobs that compare guesses with the answer refuse a file
+    without a right answer on every line."""
+    import shutil
+    shutil.copy(f'{trained_semi_causal}/out/ckpt.pt', tmp_path / 'ckpt.pt')
+    ckpt = str(tmp_path / 'ckpt.pt')
+    _, examples = reproduce.checkpoint_examples(load_checkpoint(ckpt)[1], 'test', 24)
+    mine = tmp_path / 'mine.txt'
+    mine.write_text(''.join(p.replace('.', '0') + '\n' for p, _ in examples[:8]))     # fewer than --n: all 8
+    reproduce.main(['--sweep_threshold=0,0.6', f'--ckpt={ckpt}', '--n=8'])
+    reproduce.main(['--sweep_threshold=0,0.6', f'--ckpt={ckpt}', '--n=16', f'--input={mine}'])
+    cost = lambda name: [(r['threshold'], r['accuracy'], r['nfe_per_sample'], r['positions_per_sample'])
+                         for r in csv.DictReader(open(tmp_path / name))]
+    assert cost('sweep_threshold_mine.csv') == cost('sweep_threshold.csv')
+    reproduce.main(['--sweep_threshold=0,0.6', f'--ckpt={ckpt}', '--n=16'])
+    assert cost('sweep_threshold_mine.csv') != cost('sweep_threshold.csv')
+    assert (tmp_path / 'sweep_threshold_mine.png').exists()
+    wrong = tmp_path / 'wrong.txt'                  # a right answer on every line but the last
+    wrong.write_text(''.join(f'{p},{a}\n' for p, a in examples[:-1]) + f'{examples[-1][0]},{examples[-2][1]}\n')
+    for job in ('--calibration=0.9', '--probe_window'):
+        for path in (mine, wrong):
+            with pytest.raises(SystemExit, match='must give its puzzle and a right answer'):
+                reproduce.main([job, f'--ckpt={ckpt}', f'--input={path}'])
+
 def test_cache_benchmark_of_an_mdm_checkpoint(tmp_path):
     """(It crashed before MDM decoding had a cache: the AR rows' use_cache went to decode_mdm.)"""
     from reproduce import bench_cache
@@ -87,7 +115,8 @@ def test_cache_benchmark_of_an_mdm_checkpoint(tmp_path):
     cfg, _ = settings(['presets/tiny_test.json', f'--out_dir={tmp_path}/out', f'--data_dir={tmp_path}/data',
                        '--attn=full', '--max_iters=20', '--eval_interval=20', '--eval_n=8'])
     model, ckpt = load_checkpoint(train(cfg, quiet=True)[1])
-    results = bench_cache(model, ckpt, 16, 'cpu', refreshes=(0, 1, 4), rounds=1)
+    results = bench_cache(model, ckpt, *reproduce.checkpoint_examples(ckpt, 'test', 16), 'cpu', refreshes=(0, 1, 4),
+                          rounds=1)
     assert list(results) == ['r=0', 'r=1', 'r=4']
     assert results['r=1']['accuracy'] == results['r=0']['accuracy']
     assert results['r=1']['positions_per_sample'] == results['r=0']['positions_per_sample']
@@ -285,7 +314,8 @@ def test_calibration_follows_threshold_decoding_exactly(tmp_path, trained_semi_c
     model, ckpt = load_checkpoint(train(cfg, quiet=True)[1])
     task, examples = reproduce.checkpoint_examples(ckpt, 'test', 64)
     blanks = sum(p.count('.') for p, _ in examples)
-    rows, summary = calibration(model, ckpt, [0.0, 0.6], 64, str(tmp_path / 'calibration.csv'), 'cpu', batch_size=24)
+    rows, summary = calibration(model, ckpt, [0.0, 0.6], task, examples, str(tmp_path / 'calibration.csv'), 'cpu',
+                                batch_size=24)
     for tau in (0.0, 0.6):
         solved = evaluate(model, task, examples, ckpt['attn'], dict(ckpt['decoder'], threshold=tau))['accuracy']
         assert summary[tau]['solved'] == solved and 0 < solved < 1                     # a model that fails sometimes
@@ -295,4 +325,5 @@ def test_calibration_follows_threshold_decoding_exactly(tmp_path, trained_semi_c
     assert len(list(csv.DictReader(open(tmp_path / 'calibration.csv')))) == len(rows)
     assert (tmp_path / 'calibration.png').stat().st_size > 1000
     with pytest.raises(SystemExit, match='needs an MDM or SIDM Sudoku checkpoint'):
-        calibration(*load_checkpoint(f'{trained_semi_causal}/out/ckpt.pt'), [0.9], 8, str(tmp_path / 'c.csv'), 'cpu')
+        calibration(*load_checkpoint(f'{trained_semi_causal}/out/ckpt.pt'), [0.9], task, examples, str(tmp_path / 'c.csv'),
+                    'cpu')

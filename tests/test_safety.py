@@ -149,6 +149,7 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('reproduce', ['--bench_cache', '--ckpt=x.pt', '--seeds=1'], '--bench_cache does not use --seeds'),
     ('reproduce', ['--bench_cache', '--ckpt=x.pt', '--ref_ckpts=y.pt'], '--bench_cache does not use --ref_ckpts'),
     ('reproduce', ['--table', '--n=5'], '--table does not use --n'),
+    ('reproduce', ['--seeds=0', '--input=mine.txt'], 'a --scale=cpu run does not use --input'),
     ('reproduce', ['--table', '--out=nowhere'], 'nowhere/summary.json does not exist'),   # was: a traceback
     ('reproduce', ['--processes=0'], '--processes must be at least 1, got 0'),
     ('reproduce', ['--table', '--processes=2'], '--table does not use --processes'),
