@@ -610,8 +610,9 @@ def show(model, task, problem, attn, decoder, device):
             decoded = ', '.join(f'cell {where(c)} = {cells[c]} ({float(t["sure"][c + start]):.0%})' for c in new)
             cache = {None: '', 'refreshed': '; cache refreshed: every clean cell run',
                      'kept': '; clean cells from the cache'}.get(t['cache'])
-            if cache is None:      # refresh on doubt: ('doubt', how sure the pass on the cache was)
-                cache = f'; from the cache only {t["cache"][1]:.0%} sure: pass run again, every clean cell fresh'
+            if cache is None:      # refresh on doubt: ('doubt', how sure the pass on the cache was), rounded
+                sure = math.floor(1000 * t['cache'][1]) / 10          # down, so that it reads below refresh_below
+                cache = f'; from the cache only {sure:.1f}% sure: pass run again, every clean cell fresh'
             print(f'step {step + 1}: decode {decoded}; '
                   f'{len(marks)} latent tokens (*), {int((t["x"] == MASK).sum()) - len(new) - len(marks)} other masked (.)'
                   + cache)
