@@ -570,7 +570,8 @@ def main(argv):
         # what a job writes goes beside the checkpoint, named after --input if given
         written = lambda name: os.path.join(os.path.dirname(cfg.ckpt), name + (
             f'_{os.path.splitext(os.path.basename(cfg.input))[0]}' if cfg.input else ''))
-        if (cfg.calibration or cfg.probe_window) and not all(a is not None and task.verify(p, a) for p, a in examples):
+        if cfg.input and (cfg.calibration or cfg.probe_window) and not all(a is not None and task.verify(p, a)
+                                                                           for p, a in examples):
             raise SystemExit(f'error: --{"calibration" if cfg.calibration else "probe_window"} compares each guess '
                              f'with the right answer: every line of {cfg.input} must give its puzzle and a right '
                              'answer (puzzle,solution)')
