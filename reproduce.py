@@ -434,7 +434,8 @@ def bench_cache(model, ckpt, task, examples, device, refreshes=(0, 1, 2, 3, 4, 8
     AR / AR+MTP: use_cache on and off (exact). Latent sampler: k = 0 and k = all, each with the
     clean-position cache off (r = 0) and refreshed every r passes (-1: never; a
     semi_causal_ordered checkpoint's cache is exact and never refreshed, whatever r), and refreshed
-    on doubt only (refresh_below = each of `doubts`); times are given against uncached k = all. MDM (and SIDM): the cache off and refreshed every r passes.
+    on doubt only (refresh_below = each of `doubts`); times are given against uncached k = all.
+    MDM (and SIDM): the cache off and refreshed every r passes.
     Each cached row's accuracy is also compared, puzzle by puzzle, with the uncached row of the same
     k (paired_difference)."""
     never = lambda r: 'never' if r == -1 else r
@@ -507,8 +508,9 @@ def check_job(cfg):
     """One job per command: a scale run, --table, --spread, or one job on --ckpt. A setting the
     chosen job would ignore is an error, not a silent no-op."""
     if cfg.spread:
-        return refuse_unused(cfg, ['scale', 'seeds', 'out', 'device', 'processes', 'table', 'n', 'input', 'ckpt', 'ref_ckpts']
-                             + list(CKPT_JOBS), '--spread', 'it only reads the summary.json of the runs it is given')
+        return refuse_unused(cfg, ['scale', 'seeds', 'out', 'device', 'processes', 'table', 'n', 'input', 'ckpt',
+                                   'ref_ckpts'] + list(CKPT_JOBS),
+                             '--spread', 'it only reads the summary.json of the runs it is given')
     jobs = [j for j in CKPT_JOBS if getattr(cfg, j)]
     if len(jobs) > 1:
         raise SystemExit(f'error: one job per command, not {" and ".join("--" + j for j in jobs)}')
@@ -593,8 +595,9 @@ def main(argv):
         if any(r[1]['task_config'] != ckpt['task_config'] or r[1]['attn'] not in ('full', 'independent') for r in refs):
             raise SystemExit('error: --ref_ckpts must be full or independent models of the same task')
         refs = {ck['attn']: decode_both_orders(m, ck, task, examples, device) for m, ck in refs}   # the same puzzles
-        rows = sweep_latent(model, ckpt, task, examples, cfg.sweep_latent, refs, written('sweep_latent'), device)
-        return plot_dial(rows, written('sweep_latent') + '.png',
+        prefix = written('sweep_latent')
+        rows = sweep_latent(model, ckpt, task, examples, cfg.sweep_latent, refs, prefix, device)
+        return plot_dial(rows, prefix + '.png',
                          f'{cfg.ckpt}, {len(examples)} {"puzzles of " + cfg.input if cfg.input else "test puzzles"}')
     if cfg.processes > 1 and device != 'cpu':
         raise SystemExit(f'error: --processes shares out a CPU\'s cores; on {device} train one model at a time '

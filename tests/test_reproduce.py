@@ -81,12 +81,11 @@ def test_cache_benchmark_of_a_latent_checkpoint(trained_semi_causal):
         assert results[f'k={k} r=4']['positions_per_sample'] < results[f'k={k} r=0']['positions_per_sample']
 
 
-
 def test_the_jobs_on_a_checkpoint_read_puzzles_from_a_file(trained_semi_causal, tmp_path):
     """--input: a job on --ckpt runs on the first n puzzles of a file instead of the test split, and
     names what it writes after the file: the test split's puzzles written to a file (no answers, '0'
-    blanks) give the test split's rows (and 16 of them would not). The jobs that compare guesses with the answer refuse a file
-    without a right answer on every line."""
+    blanks) give the test split's rows (and 16 of them would not). The jobs that compare guesses
+    with the answer refuse a file without a right answer on every line."""
     import shutil
     shutil.copy(f'{trained_semi_causal}/out/ckpt.pt', tmp_path / 'ckpt.pt')
     ckpt = str(tmp_path / 'ckpt.pt')
@@ -107,6 +106,7 @@ def test_the_jobs_on_a_checkpoint_read_puzzles_from_a_file(trained_semi_causal, 
         for path in (mine, wrong):
             with pytest.raises(SystemExit, match='must give its puzzle and a right answer'):
                 reproduce.main([job, f'--ckpt={ckpt}', f'--input={path}'])
+
 
 def test_cache_benchmark_of_an_mdm_checkpoint(tmp_path):
     """(It crashed before MDM decoding had a cache: the AR rows' use_cache went to decode_mdm.)"""
