@@ -100,6 +100,19 @@ def test_the_jobs_on_a_checkpoint_read_puzzles_from_a_file(trained_semi_causal, 
     reproduce.main(['--sweep_threshold=0,0.6', f'--ckpt={ckpt}', '--n=16'])
     assert cost('sweep_threshold_mine.csv') != cost('sweep_threshold.csv')
     assert (tmp_path / 'sweep_threshold_mine.png').exists()
+    # the dial through main: a row per commit order and k, each the latent sampler's own figure
+    reproduce.main(['--sweep_latent=0,all', f'--ckpt={ckpt}', f'--input={mine}'])
+    dial = list(csv.DictReader(open(tmp_path / 'sweep_latent_mine.csv')))
+    assert [(r['order'], r['k']) for r in dial] == [(o, k) for o in reproduce.ORDERS for k in ('0', 'all')]
+    model, saved = load_checkpoint(ckpt)
+    task = reproduce.get_task(**saved['task_config'])
+    for r in dial:
+        n_latent = 'all' if r['k'] == 'all' else int(r['k'])
+        decoder = dict(reproduce.DECODERS['latent'][1], method='latent', n_latent=n_latent, **reproduce.ORDERS[r['order']])
+        got = reproduce.evaluate(model, task, examples[:8], saved['attn'], decoder)
+        assert (float(r['accuracy']), float(r['positions_per_sample'])) == (got['accuracy'], got['positions_per_sample'])
+    assert json.load(open(tmp_path / 'sweep_latent_mine.json'))['n'] == 8
+    assert (tmp_path / 'sweep_latent_mine.png').exists()
     wrong = tmp_path / 'wrong.txt'                  # a right answer on every line but the last
     wrong.write_text(''.join(f'{p},{a}\n' for p, a in examples[:-1]) + f'{examples[-1][0]},{examples[-2][1]}\n')
     for job in ('--calibration=0.9', '--probe_window'):
