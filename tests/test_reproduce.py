@@ -89,7 +89,8 @@ def test_the_jobs_on_a_checkpoint_read_puzzles_from_a_file(trained_semi_causal, 
     import shutil
     shutil.copy(f'{trained_semi_causal}/out/ckpt.pt', tmp_path / 'ckpt.pt')
     ckpt = str(tmp_path / 'ckpt.pt')
-    _, examples = reproduce.checkpoint_examples(load_checkpoint(ckpt)[1], 'test', 24)
+    model, saved = load_checkpoint(ckpt)
+    task, examples = reproduce.checkpoint_examples(saved, 'test', 24)
     mine = tmp_path / 'mine.txt'
     mine.write_text(''.join(p.replace('.', '0') + '\n' for p, _ in examples[:8]))     # fewer than --n: all 8
     reproduce.main(['--sweep_threshold=0,0.6', f'--ckpt={ckpt}', '--n=8'])
@@ -104,11 +105,10 @@ def test_the_jobs_on_a_checkpoint_read_puzzles_from_a_file(trained_semi_causal, 
     reproduce.main(['--sweep_latent=0,all', f'--ckpt={ckpt}', f'--input={mine}'])
     dial = list(csv.DictReader(open(tmp_path / 'sweep_latent_mine.csv')))
     assert [(r['order'], r['k']) for r in dial] == [(o, k) for o in reproduce.ORDERS for k in ('0', 'all')]
-    model, saved = load_checkpoint(ckpt)
-    task = reproduce.get_task(**saved['task_config'])
     for r in dial:
         n_latent = 'all' if r['k'] == 'all' else int(r['k'])
-        decoder = dict(reproduce.DECODERS['latent'][1], method='latent', n_latent=n_latent, **reproduce.ORDERS[r['order']])
+        decoder = dict(reproduce.DECODERS['latent'][1], method='latent', n_latent=n_latent,
+                       **reproduce.ORDERS[r['order']])
         got = reproduce.evaluate(model, task, examples[:8], saved['attn'], decoder)
         assert (float(r['accuracy']), float(r['positions_per_sample'])) == (got['accuracy'], got['positions_per_sample'])
     assert json.load(open(tmp_path / 'sweep_latent_mine.json'))['n'] == 8
