@@ -2,7 +2,7 @@
 run must still parse: no unknown or misspelled setting, every value of its setting's type, task
 options the task accepts (each script stops, patched, where its real work would begin). Every
 relative link must reach a file that exists, and a heading where it names one (#anchor)."""
-import glob, importlib, os, re
+import glob, importlib, os, re, runpy
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,3 +97,11 @@ def test_relative_links_resolve(doc):
         assert os.path.exists(full), f'{doc}: link to {target} : no such file'
         if anchor and full.endswith('.md'):
             assert anchor in heading_anchors(full), f'{doc}: link to {target} : no such heading'
+
+
+def test_the_readme_counts_the_mutants_there_are():
+    """The README says how many lines `.ci/mutants` breaks; a mutant added or dropped without it
+    is a stale figure (81 stood there while the list held 82)."""
+    mutants = runpy.run_path(os.path.join(ROOT, '.ci', 'mutants'), run_name='not_main')['MUTANTS']
+    said = re.findall(r'each of its (\d+) entries', open(os.path.join(ROOT, 'README.md')).read())
+    assert said == [str(len(mutants))]
