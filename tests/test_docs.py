@@ -1,7 +1,8 @@
 """The documentation is part of the interface. Every command the Markdown files tell a reader to
 run must still parse: no unknown or misspelled setting, every value of its setting's type, task
 options the task accepts (each script stops, patched, where its real work would begin). Every
-relative link must reach a file that exists, and a heading where it names one (#anchor)."""
+relative link must reach a file that exists, and a heading where it names one (#anchor). A count
+the README gives of the repo's own checks (the mutants) must be the count there is."""
 import glob, importlib, os, re, runpy
 import pytest
 
