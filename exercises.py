@@ -64,7 +64,7 @@ EXERCISES = {
         'uncached row with that interval and the puzzles lost and won, and r = 1 (the uncached '
         'decoder) loses and wins none; `python data.py --task=sudoku --size=6 --check=a.txt '
         '--compare=b.txt` does the same for two answer files', ()),
-    9: ("the latent chain's order", 'sample.py: decode_latent',
+    9: ("the latent chain's order", 'sample.py: chain_by_confidence',
         'sort the latents by their random rank (rank.argsort), then stably by -last_sure, so that '
         'ties keep the random order; a latent\'s place in that order, divided by T, is its new rank '
         '(distinct, below the 2.0 of D and the candidates). Leave every other position\'s rank as it is, '

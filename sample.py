@@ -235,11 +235,63 @@ def pass_result(logits, idx, valid, front, order, tokens_per_step, threshold, te
     return full(valid), full(commit_sub), full(token), full(probs.amax(-1))
 
 
+def choose_positions(masked, order, n_latent, tokens_per_step, n_candidates, gen):
+    """One pass's positions per row [B, T]: front (D for order='random', else the candidates C),
+    latent (L) and rank. A random order of the masked positions; its first slots become D / C, the
+    next k become L (k = n_latent, or every remaining one for 'all'; with n_candidates=0, C = every
+    masked position outside L, at least one). Ranks: latents U(0,1), D / C 2.0, above every latent,
+    so D sees every latent and D / C positions do not see each other (equal ranks)."""
+    B, T = masked.shape
+    dev = masked.device
+    remaining = masked.sum(1)
+    k_all = n_latent in ('all', -1, None)
+    slot = torch.rand(B, T, generator=gen, device=dev).masked_fill(~masked, 2.0).argsort(1).argsort(1)
+    n_front = torch.full_like(remaining, tokens_per_step if order == 'random' else n_candidates)
+    k = (remaining - n_front).clamp(min=0) if k_all else torch.full_like(remaining, int(n_latent))
+    if order != 'random' and n_candidates <= 0:           # C = all but L, at least one
+        k = k.minimum(remaining - 1); n_front = remaining - k
+    front = masked & (slot < n_front[:, None])
+    latent = masked & (slot >= n_front[:, None]) & (slot < (n_front + k)[:, None])
+    rank = torch.where(latent, torch.rand(B, T, generator=gen, device=dev), torch.full((B, T), 2.0, device=dev))
+    return front, latent, rank
+
+
+def chain_by_confidence(rank, latent, last_sure):
+    """latent_ranks='confidence' (ours): the latent chain easiest first. The latents are reranked by
+    last_sure [B, T], the top probability their cell had the last time it ran in a pass (0 if it
+    has not run yet), the surest lowest, ties in the random order `rank` holds; so the surest
+    guesses are made first and every later latent and D read them (on 6x6 Sudoku, random order,
+    k = all: 4 to 7 points more solved; results/studies.md, "The latent chain's order")."""
+    T = rank.shape[1]
+    # EXERCISE 9: the latent chain easiest first: rerank the latents by last_sure [B, T], the
+    # surest lowest, ties in the random order `rank` already holds; draw nothing from gen
+    chain = rank.argsort(1)                          # each row's positions in the random order
+    chain = chain.gather(1, (-last_sure.gather(1, chain)).argsort(dim=1, stable=True))
+    rank = torch.where(latent, chain.argsort(1).float() / T, rank)   # distinct, in [0, 1)
+    # END EXERCISE 9
+    return rank
+
+
+def check_latent_settings(attn, n_latent, order, n_candidates, threshold, cache_refresh, refresh_below, latent_ranks):
+    """A clear error for a combination of decode_latent's settings that it cannot honour."""
+    if order == 'random' and threshold > 0:
+        raise ValueError(f'a threshold needs a confidence order ({", ".join(CONFIDENCE_ORDERS)}), not random')
+    if refresh_below > 0 and (cache_refresh == 0 or attn == 'semi_causal_ordered'):
+        raise ValueError('refresh_below reruns a pass whose cache is stale: it needs a cache (cache_refresh = -1: '
+                         'refreshed on doubt only), and a semi_causal_ordered model\'s cache is never stale')
+    if order != 'random' and n_candidates <= 0 and n_latent in ('all', -1, None):
+        raise ValueError("n_candidates=0 makes every masked position outside the latents a candidate, so "
+                         "n_latent='all' would leave none to decode: give n_latent a count")
+    if latent_ranks not in LATENT_RANKS:
+        raise ValueError(f'latent_ranks must be one of {", ".join(LATENT_RANKS)}, not {latent_ranks!r}')
+
+
 @torch.no_grad()
 def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', tokens_per_step=1, n_candidates=8,
                   threshold=0.0, temperature=0.0, cache_refresh=0, refresh_below=0.0, latent_ranks='random', gen=None,
                   trace=None):
-    """The latent-token sampler for a semi_causal (or semi_causal_ordered) model. Each step, per row:
+    """The latent-token sampler for a semi_causal (or semi_causal_ordered) model. Each step, per row
+    (choose_positions):
       order='random' (the paper's uniform order): D = tokens_per_step random masked positions,
                   L = n_latent others at random;
       order='top_prob' (or margin, entropy): L = n_latent random masked positions, candidates C =
@@ -249,13 +301,9 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
                   every candidate sees exactly the same k latents, so they are compared fairly.)
     The pass runs on clean + L + D (or C) *only*: the other masked positions are dropped, which
     is exact because under semi_causal attention no position in the pass could see them.
-    Ranks: latents get U(0,1) in random order, D/C get 2.0, above every latent: so D sees all
-    clean positions and all latents, and D/C positions do not see each other (equal ranks).
-    The latents form a chain (each sees those ranked below it). latent_ranks='confidence' (ours)
-    orders the chain easiest first: latents are ranked by the top probability their cell had the
-    last time it ran in a pass (0 if it has not run yet), the surest lowest, ties in random order;
-    so the surest guesses are made first and every later latent and D read them (on 6x6 Sudoku,
-    random order, k = all: 4 to 7 points more solved; results/studies.md, "The latent chain's order").
+    Ranks: D / C above every latent, so D sees all clean positions and all latents; the latents
+    form a chain (each sees those ranked below it), in random order, or easiest first with
+    latent_ranks='confidence' (ours, chain_by_confidence).
     n_latent='all' (or -1) makes every remaining masked position a latent. A count is an upper
     bound: once fewer masked positions than it remain besides D (or C), all of them are latents,
     so a count at least the answer's length decodes as 'all' does.
@@ -276,16 +324,7 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
     first), and a clean position sees only those ranked no later: nothing decoded later changes
     its keys/values, so with any cache_refresh != 0 each pass appends the keys/values of the
     clean positions it ran to the cache, never recomputes them, and the cache is exact."""
-    if order == 'random' and threshold > 0:
-        raise ValueError(f'a threshold needs a confidence order ({", ".join(CONFIDENCE_ORDERS)}), not random')
-    if refresh_below > 0 and (cache_refresh == 0 or attn == 'semi_causal_ordered'):
-        raise ValueError('refresh_below reruns a pass whose cache is stale: it needs a cache (cache_refresh = -1: '
-                         'refreshed on doubt only), and a semi_causal_ordered model\'s cache is never stale')
-    k_all = n_latent in ('all', -1, None)
-    every_candidate = order != 'random' and n_candidates <= 0     # C = every masked position outside L
-    if every_candidate and k_all:
-        raise ValueError("n_candidates=0 makes every masked position outside the latents a candidate, so "
-                         "n_latent='all' would leave none to decode: give n_latent a count")
+    check_latent_settings(attn, n_latent, order, n_candidates, threshold, cache_refresh, refresh_below, latent_ranks)
     x_in, x = x, x.clone()
     B, T = x.shape
     dev = x.device
@@ -293,32 +332,15 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
     cache, cached, cached_valid, n_pass = None, None, None, 0   # cached [B, T]: positions whose keys/values are kept
     ordered = attn == 'semi_causal_ordered'
     decoded_rank = torch.full((B, T), -1.0, device=dev) if ordered else None   # givens -1, then pass number
-    if latent_ranks not in LATENT_RANKS:
-        raise ValueError(f'latent_ranks must be one of {", ".join(LATENT_RANKS)}, not {latent_ranks!r}')
-    if latent_ranks == 'confidence':               # each cell's top probability the last time it ran
-        last_sure = torch.zeros(B, T, device=dev)
+    last_sure = torch.zeros(B, T, device=dev)      # each cell's top probability the last time it ran
     while True:
         masked = x == MASK
-        remaining = masked.sum(1)
-        active = remaining > 0
+        active = masked.any(1)
         if not active.any(): break
         if n_pass == T: raise RuntimeError(BROKEN_COMMIT)     # each pass commits one: T passes at most
-        # a random order of the masked positions: its first slots become D / C, the next L
-        slot = torch.rand(B, T, generator=gen, device=dev).masked_fill(~masked, 2.0).argsort(1).argsort(1)
-        n_front = torch.full_like(remaining, tokens_per_step if order == 'random' else n_candidates)
-        k = (remaining - n_front).clamp(min=0) if k_all else torch.full_like(remaining, int(n_latent))
-        if every_candidate:           # C = all but L, at least one
-            k = k.minimum(remaining - 1); n_front = remaining - k
-        front = masked & (slot < n_front[:, None])
-        latent = masked & (slot >= n_front[:, None]) & (slot < (n_front + k)[:, None])
-        rank = torch.where(latent, torch.rand(B, T, generator=gen, device=dev), torch.full((B, T), 2.0, device=dev))
+        front, latent, rank = choose_positions(masked, order, n_latent, tokens_per_step, n_candidates, gen)
         if latent_ranks == 'confidence':
-            # EXERCISE 9: the latent chain easiest first: rerank the latents by last_sure [B, T], the
-            # surest lowest, ties in the random order `rank` already holds; draw nothing from gen
-            chain = rank.argsort(1)                          # each row's positions in the random order
-            chain = chain.gather(1, (-last_sure.gather(1, chain)).argsort(dim=1, stable=True))
-            rank = torch.where(latent, chain.argsort(1).float() / T, rank)   # distinct, in [0, 1)
-            # END EXERCISE 9
+            rank = chain_by_confidence(rank, latent, last_sure)
         if ordered:                   # clean positions ranked by when they were decoded
             rank = torch.where(masked, rank, decoded_rank)
         # an ordered model's cache is exact: filled on the first pass, then only appended to (r = -1)
@@ -354,8 +376,7 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
                     logits_r, idx_r, valid_r, front[rows], order, tokens_per_step, threshold,
                     temperature, gen)
                 nfe[rows] += 1; positions[rows] += valid_r.sum(1)
-        if latent_ranks == 'confidence':   # remember how sure this pass was of each masked cell it ran
-            last_sure = torch.where(ran & masked, sure.float(), last_sure)
+        last_sure = torch.where(ran & masked, sure.float(), last_sure)   # for latent_ranks='confidence'
         if trace is not None:                              # for --show: what this step did
             trace.append(dict(latent=latent[0].clone(), commit=commit[0].clone(), x=x[0].clone(), guess=new[0].clone(),
                               sure=sure[0], cache=cache_use))
