@@ -486,6 +486,32 @@ def test_choosing_positions_never_leaves_the_allowed_ones():
         assert one.sum(1).tolist() == [1, 1] and not (one & ~allowed).any()
 
 
+
+@pytest.mark.parametrize('order,n_latent,tokens_per_step,n_candidates', [
+    ('random', 0, 1, 8), ('random', 3, 2, 8), ('random', 'all', 1, 8), ('random', 'all', 3, 8),
+    ('top_prob', 2, 1, 3), ('top_prob', 'all', 1, 3), ('top_prob', 2, 1, 0), ('top_prob', 0, 1, 0)])
+def test_each_pass_chooses_disjoint_masked_positions_in_the_numbers_asked(order, n_latent, tokens_per_step,
+                                                                           n_candidates):
+    """choose_positions: D (or the candidates) and the latents are masked and disjoint, as many as
+    asked or all that remain (the candidates with n_candidates=0: every masked one outside the
+    latents, at least one), latents ranked in [0, 1) below D's 2.0; a row with nothing masked
+    gets nothing."""
+    from sample import choose_positions
+    gen = torch.Generator().manual_seed(0)
+    masked = torch.rand(64, 12, generator=gen) < torch.linspace(0, 1, 64)[:, None]   # 0 to 12 masked a row
+    front, latent, rank = choose_positions(masked, order, n_latent, tokens_per_step, n_candidates, gen)
+    remaining = masked.sum(1)
+    assert not (front & ~masked).any() and not (latent & ~masked).any() and not (front & latent).any()
+    if order == 'random' or n_candidates > 0:
+        n_front = (tokens_per_step if order == 'random' else n_candidates) * torch.ones_like(remaining)
+        n_front = n_front.minimum(remaining)
+        k = remaining - n_front if n_latent == 'all' else torch.full_like(remaining, n_latent).minimum(remaining - n_front)
+    else:                                           # every masked position outside the latents
+        k = torch.full_like(remaining, n_latent).minimum((remaining - 1).clamp(min=0))
+        n_front = remaining - k
+    assert front.sum(1).tolist() == n_front.tolist() and latent.sum(1).tolist() == k.tolist()
+    assert (rank[latent] >= 0).all() and (rank[latent] < 1).all() and (rank[~latent] == 2.0).all()
+
 @pytest.mark.parametrize('order', ['top_prob', 'margin', 'entropy'])
 def test_confidence_orders_commit_the_most_confident_position(order):
     """One token per pass: the committed position is the masked one the order scores highest."""
