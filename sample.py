@@ -54,6 +54,7 @@ def choose_tokens(logits, temperature, gen):
 CONFIDENCE_ORDERS = ('top_prob', 'margin', 'entropy')     # the orders score() ranks by confidence
 COMMIT_ORDERS = ('random',) + CONFIDENCE_ORDERS             # every --order
 LATENT_RANKS = ('random', 'confidence')                     # every --latent_ranks (decode_latent)
+LATENT_ALL = ('all', -1, None)                              # n_latent values meaning every masked position
 
 
 def score(probs, order, gen):
@@ -244,7 +245,7 @@ def choose_positions(masked, order, n_latent, tokens_per_step, n_candidates, gen
     B, T = masked.shape
     dev = masked.device
     remaining = masked.sum(1)
-    k_all = n_latent in ('all', -1, None)
+    k_all = n_latent in LATENT_ALL
     slot = torch.rand(B, T, generator=gen, device=dev).masked_fill(~masked, 2.0).argsort(1).argsort(1)
     n_front = torch.full_like(remaining, tokens_per_step if order == 'random' else n_candidates)
     k = (remaining - n_front).clamp(min=0) if k_all else torch.full_like(remaining, int(n_latent))
@@ -279,7 +280,7 @@ def check_latent_settings(attn, n_latent, order, n_candidates, threshold, cache_
     if refresh_below > 0 and (cache_refresh == 0 or attn == 'semi_causal_ordered'):
         raise ValueError('refresh_below reruns a pass whose cache is stale: it needs a cache (cache_refresh = -1: '
                          'refreshed on doubt only), and a semi_causal_ordered model\'s cache is never stale')
-    if order != 'random' and n_candidates <= 0 and n_latent in ('all', -1, None):
+    if order != 'random' and n_candidates <= 0 and n_latent in LATENT_ALL:
         raise ValueError("n_candidates=0 makes every masked position outside the latents a candidate, so "
                          "n_latent='all' would leave none to decode: give n_latent a count")
     if latent_ranks not in LATENT_RANKS:
