@@ -333,14 +333,15 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
     cache, cached, cached_valid, n_pass = None, None, None, 0   # cached [B, T]: positions whose keys/values are kept
     ordered = attn == 'semi_causal_ordered'
     decoded_rank = torch.full((B, T), -1.0, device=dev) if ordered else None   # givens -1, then pass number
-    last_sure = torch.zeros(B, T, device=dev)      # each cell's top probability the last time it ran
+    confident = latent_ranks == 'confidence'
+    last_sure = torch.zeros(B, T, device=dev) if confident else None   # each cell's top probability the last time it ran
     while True:
         masked = x == MASK
         active = masked.any(1)
         if not active.any(): break
         if n_pass == T: raise RuntimeError(BROKEN_COMMIT)     # each pass commits one: T passes at most
         front, latent, rank = choose_positions(masked, order, n_latent, tokens_per_step, n_candidates, gen)
-        if latent_ranks == 'confidence':
+        if confident:
             rank = chain_by_confidence(rank, latent, last_sure)
         if ordered:                   # clean positions ranked by when they were decoded
             rank = torch.where(masked, rank, decoded_rank)
@@ -377,7 +378,8 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
                     logits_r, idx_r, valid_r, front[rows], order, tokens_per_step, threshold,
                     temperature, gen)
                 nfe[rows] += 1; positions[rows] += valid_r.sum(1)
-        last_sure = torch.where(ran & masked, sure.float(), last_sure)   # for latent_ranks='confidence'
+        if confident:                      # remember how sure this pass was of each masked cell it ran
+            last_sure = torch.where(ran & masked, sure.float(), last_sure)
         if trace is not None:                              # for --show: what this step did
             trace.append(dict(latent=latent[0].clone(), commit=commit[0].clone(), x=x[0].clone(), guess=new[0].clone(),
                               sure=sure[0], cache=cache_use))
