@@ -223,9 +223,9 @@ def replace_rows(cache, cached_valid, rows, fresh, fresh_valid):
 
 
 def pass_result(logits, idx, valid, front, order, tokens_per_step, threshold, temperature, gen):
-    """A latent-sampler pass's outcome at every position [B, T]: ran (the positions it ran), commit
-    (the ones to commit now), new (each run position's token) and sure (its top probability, 0
-    where not run)."""
+    """A latent-sampler pass's outcome at every position [B, T]: commit (the ones to commit now),
+    new (each run position's token) and sure (its top probability, at least 1/V where the pass ran
+    and 0 elsewhere, so sure > 0 says which positions it ran)."""
     token, probs = choose_tokens(logits, temperature, gen)
     front_sub = torch.gather(front, 1, idx) & valid
     if order == 'random':
@@ -233,7 +233,7 @@ def pass_result(logits, idx, valid, front, order, tokens_per_step, threshold, te
     else:
         commit_sub = commit_rule(probs, front_sub, order, tokens_per_step, threshold, gen)
     full = lambda sub: torch.zeros(front.shape, dtype=sub.dtype, device=sub.device).scatter_(1, idx, sub)
-    return full(valid), full(commit_sub), full(token), full(probs.amax(-1))
+    return full(commit_sub), full(token), full(probs.amax(-1).masked_fill(~valid, 0))   # padding: 0
 
 
 def choose_positions(masked, order, n_latent, tokens_per_step, n_candidates, gen):
@@ -357,8 +357,8 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
         if refresh or (reuse and (ordered or refresh_below > 0)):   # keep the clean positions' keys/values
             cached, cached_valid = keep_clean(cache, idx, valid, clean, *((cached, cached_valid) if reuse else ()))
         n_pass += 1
-        ran, commit, new, sure = pass_result(logits, idx, valid, front, order, tokens_per_step, threshold,
-                                             temperature, gen)
+        commit, new, sure = pass_result(logits, idx, valid, front, order, tokens_per_step, threshold,
+                                        temperature, gen)
         nfe += active; positions += active * valid.sum(1)
         cache_use = 'refreshed' if refresh else 'kept' if reuse else None     # for --show (row 0)
         if reuse and refresh_below > 0:
@@ -374,12 +374,12 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
                 fresh_cached, fresh_valid = keep_clean(fresh, idx_r, valid_r, ~masked[rows])
                 cached_valid = replace_rows(cache, cached_valid, rows, fresh, fresh_valid)
                 cached[rows] = fresh_cached
-                ran[rows], commit[rows], new[rows], sure[rows] = pass_result(
+                commit[rows], new[rows], sure[rows] = pass_result(
                     logits_r, idx_r, valid_r, front[rows], order, tokens_per_step, threshold,
                     temperature, gen)
                 nfe[rows] += 1; positions[rows] += valid_r.sum(1)
         if confident:                      # remember how sure this pass was of each masked cell it ran
-            last_sure = torch.where(ran & masked, sure.float(), last_sure)
+            last_sure = torch.where(masked & (sure > 0), sure.float(), last_sure)
         if trace is not None:                              # for --show: what this step did
             trace.append(dict(latent=latent[0].clone(), commit=commit[0].clone(), x=x[0].clone(), guess=new[0].clone(),
                               sure=sure[0], cache=cache_use))
