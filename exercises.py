@@ -42,7 +42,7 @@ EXERCISES = {
         'them to the cache (self.k, self.v; None while empty).',
         'cached AR decoding gives exactly the uncached tokens (test_cached_and_uncached_decoding_agree) '
         'with many fewer positions: after `python train_ar_mtp.py --max_iters=300 --eval_interval=300` '
-        '(46 s on 2 cores of an AMD EPYC), `python reproduce.py --bench_cache --ckpt=out/ar/ckpt.pt '
+        '(46 s on 2 cores of an AMD EPYC with AVX-512), `python reproduce.py --bench_cache --ckpt=out/ar/ckpt.pt '
         '--n=100` shows the cached row losing and winning no puzzle against the uncached one, with 72 '
         'positions per puzzle against 1,962', ()),
     6: ('a Sudoku verifier', 'tasks.py: Sudoku.verify',
