@@ -209,17 +209,19 @@ def keep_clean(cache, idx, valid, clean, cached=None, cached_valid=None):
     return cached | now_kept, torch.cat([cached_valid, kept], 1)
 
 
-def replace_rows(cache, cached_valid, rows, fresh, fresh_valid):
-    """The keys/values of `rows` replaced by those of `fresh` (a cache of those rows only), both
-    padded to the longer; returns cached_valid [B, K] to match (False on the padding)."""
-    K = max(cached_valid.shape[1], fresh_valid.shape[1])
-    pad = lambda t: t if t.shape[-2] == K else F.pad(t, (0, 0, 0, K - t.shape[-2]))   # [..., length, D]: no copy if long enough
-    for i in range(len(cache.k)):
-        cache.k[i], cache.v[i] = pad(cache.k[i]), pad(cache.v[i])
-        cache.k[i][rows], cache.v[i][rows] = pad(fresh.k[i]), pad(fresh.v[i])
-    cached_valid = pad(cached_valid[..., None])[..., 0]
-    cached_valid[rows] = pad(fresh_valid[..., None])[..., 0]
-    return cached_valid
+def rerun_fresh(model, x, rows, keep, masked, rank, attn, cache, cached, cached_valid):
+    """Refresh on doubt: the pass of batch rows `rows` (on `keep` [B, T]) run again, every clean
+    position fresh; their fresh clean keys/values replace the stale ones in the cache (`cached`
+    [B, T] is updated in place). Returns this pass's idx, valid, logits and the new cached_valid
+    [B, K] (False on the padding that evens the rows out)."""
+    fresh = KVCache(model.cfg.n_layer)
+    idx, valid, logits = trimmed_pass(model, x[rows], keep[rows], masked[rows], rank[rows], attn, fresh)
+    cached[rows], fresh_valid = keep_clean(fresh, idx, valid, ~masked[rows])
+    cache.replace_rows(rows, fresh)
+    pad = lambda v: F.pad(v, (0, len(cache) - v.shape[1]))
+    cached_valid = pad(cached_valid)
+    cached_valid[rows] = pad(fresh_valid)
+    return idx, valid, logits, cached_valid
 
 
 def pass_result(logits, idx, valid, front, order, tokens_per_step, threshold, temperature, gen):
@@ -368,12 +370,8 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
             if len(rows):
                 if trace is not None and rows[0] == 0:     # for --show: how sure the pass on the cache was
                     cache_use = ('doubt', float(sure[0][commit[0]].min()))
-                fresh = KVCache(model.cfg.n_layer)
-                run = ~masked[rows] | front[rows] | latent[rows]
-                idx_r, valid_r, logits_r = trimmed_pass(model, x[rows], run, masked[rows], rank[rows], attn, fresh)
-                fresh_cached, fresh_valid = keep_clean(fresh, idx_r, valid_r, ~masked[rows])
-                cached_valid = replace_rows(cache, cached_valid, rows, fresh, fresh_valid)
-                cached[rows] = fresh_cached
+                idx_r, valid_r, logits_r, cached_valid = rerun_fresh(
+                    model, x, rows, ~masked | front | latent, masked, rank, attn, cache, cached, cached_valid)
                 commit[rows], new[rows], sure[rows] = pass_result(
                     logits_r, idx_r, valid_r, front[rows], order, tokens_per_step, threshold,
                     temperature, gen)
