@@ -35,7 +35,7 @@ model must be right about whatever cell it is handed. 'top_prob' decodes the mos
 8 random candidate cells (the same rule for MDM, SIDM and the semi-causal model): on small grids
 it lets even an independent model steer around the hard cells, so it flatters SIDM.
 """
-import dataclasses, json, math, multiprocessing, os, platform, statistics, sys, time
+import dataclasses, json, math, multiprocessing, os, platform, re, statistics, sys, textwrap, time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 import torch
 from tqdm import tqdm
@@ -759,6 +759,29 @@ def target_checks(s):
     return lines
 
 
+def wrap_prose(lines, width=100):
+    """Markdown lines with their prose wrapped at `width` characters, as the repo's hand-written
+    files are (tables and blank lines kept whole; a list item's lines indented under it). A line
+    never starts with what Markdown would read as a new list item or heading."""
+    starts_block = re.compile(r'([-+*]|\d+[.)])( |$)|#|>')
+    out = []
+    for line in lines:
+        if not line or line.startswith('|'):
+            out.append(line)
+            continue
+        wrapped = textwrap.wrap(line, width, subsequent_indent='  ' if line.startswith('- ') else '',
+                                break_long_words=False, break_on_hyphens=False)
+        out.append(wrapped[0])
+        for part in wrapped[1:]:
+            indent, text = part[:len(part) - len(part.lstrip())], part.lstrip()
+            while text and starts_block.match(text):          # keep that word on the line before
+                word, _, text = text.partition(' ')
+                out[-1] += ' ' + word
+            if text:
+                out.append(indent + text)
+    return out
+
+
 def write_table(out_dir):
     """Markdown tables of summary.json (what the README shows), written to <out>/table.md."""
     s = json.load(open(f'{out_dir}/summary.json'))
@@ -791,7 +814,8 @@ def write_table(out_dir):
         k = {'full': 'MDM (reference)', 'independent': 'SIDM (reference)'}.get(r['k'], r['k'])
         lines.append(f'| {r["order"]} | {k} | {pct(r["accuracy"])} | {" / ".join(pct(a) for a in r["per_seed"])} | '
                      f'{r["positions_per_sample"]:.0f} |')
-    table = '\n'.join(lines + ['', 'Targets, checked on every seed (differences in points, per seed):'] + target_checks(s)) + '\n'
+    table = '\n'.join(wrap_prose(lines + ['', 'Targets, checked on every seed (differences in points, per seed):']
+                                  + target_checks(s))) + '\n'
     open(f'{out_dir}/table.md', 'w').write(table)
     return table
 

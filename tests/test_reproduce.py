@@ -34,6 +34,7 @@ def test_smoke_reproduction_writes_every_file(tmp_path):
     (out / 'table.md').unlink(); (out / 'dial.png').unlink()
     reproduce.main(['--table', f'--out={out}'])
     assert (out / 'table.md').read_text() == table and (out / 'dial.png').stat().st_size > 1000
+    assert all(len(line) <= 100 for line in table.splitlines() if not line.startswith('|'))
     # --probe_window on an AR+MTP checkpoint of the run: one row per (cut, position in its window)
     ckpt = out / 'ckpt' / 'AR+MTP_seed0' / 'ckpt.pt'
     assert not load_checkpoint(str(ckpt))[0].training          # loaded for inference: no dropout
@@ -340,3 +341,23 @@ def test_calibration_follows_threshold_decoding_exactly(tmp_path, trained_semi_c
     with pytest.raises(SystemExit, match='needs an MDM or SIDM Sudoku checkpoint'):
         calibration(*load_checkpoint(f'{trained_semi_causal}/out/ckpt.pt'), [0.9], task, examples, str(tmp_path / 'c.csv'),
                     'cpu')
+
+
+def test_wrap_prose_wraps_prose_only_and_never_opens_a_markdown_block():
+    """table.md's prose is wrapped at 100 characters like the hand-written files; a wrapped line
+    that began with '- ', '1. ' or '#' would render as a new list item or heading."""
+    import re
+    long = 'Minutes per seed: ' + ' '.join(f'{i}.5' for i in range(40))
+    risky = ['w ' * 50 + '- b', 'w ' * 50 + '1. d']    # plain wrapping would start lines with '- ', '1. '
+    table = '| a | b |' * 20
+    item = '- C2 random, k=0 minus SIDM, within 5: ' + ' / '.join(['+2.8'] * 30)
+    out = reproduce.wrap_prose([long, '', table, *risky, item])
+    words = lambda lines: ' '.join(lines).split()
+    assert words(out) == words([long, table, *risky, item])              # nothing lost or reordered
+    assert '' in out and out[out.index('') + 1] == table                # blank lines and tables kept
+    prose = [line for line in out if line and line != table]
+    assert len(prose) >= 6 and all(len(line) <= 100 + 3 for line in prose)   # + a marker kept on its line
+    opens_block = [line for line in prose if re.match(r'\s*(([-+*]|\d+[.)]) |#)', line)]
+    assert opens_block == [line for line in prose if line.startswith('- C2')]  # only the item itself
+    after_item = prose[prose.index(opens_block[0]) + 1:]
+    assert after_item and all(line.startswith('  ') for line in after_item)  # the item's lines under it
