@@ -94,29 +94,36 @@ def read_examples(task, path, skip_bad=False, limit=None):
     return (examples, errors) if skip_bad else examples
 
 GRID_TITLE = re.compile(r'(grid|puzzle|sudoku)\b', re.IGNORECASE)     # 'Grid 01' (Project Euler 96)
+BOX_BORDER = re.compile(r'[-+|]*[-+][-+|]*$')    # '------+-------+------' inside a printed grid
 
 
 def grid_row(line):
-    """A line of a grid file as its cells (spaces dropped), or None for a line between puzzles:
-    blank, a '#' comment, or a title such as 'Grid 01'."""
+    """A line of a grid file as its cells (spaces and the '|' between boxes dropped); None for a
+    line between puzzles: blank, a '#' comment, a title such as 'Grid 01', or a ruler of '='
+    (Norvig's easy50.txt); '' for a box border inside a grid, which is passed over."""
     row = ''.join(line.split())
-    return None if not row or row.startswith('#') or GRID_TITLE.match(line.strip()) else row
+    if not row or row.startswith('#') or GRID_TITLE.match(line.strip()) or set(row) == {'='}:
+        return None
+    return '' if BOX_BORDER.match(row) else row.replace('|', '')
 
 
 def is_grid_file(lines, n):
     """Whether a Sudoku file writes each puzzle over n lines of n cells: its first row is n cells."""
-    return len(next((row for row in map(grid_row, lines) if row is not None), '')) == n
+    return len(next((row for row in map(grid_row, lines) if row), '')) == n
 
 
 def sudoku_grids(lines, n):
     """(line number, puzzle as one line) for puzzles written as n rows of n cells (spaces between
-    cells allowed), such as Project Euler 96's sudoku.txt: a 'Grid 01' line, then 9 rows. A line
+    cells, and borders between boxes, allowed), such as Project Euler 96's sudoku.txt: a 'Grid 01'
+    line, then 9 rows; or Norvig's easy50.txt: 9 rows, then a ruler of '='. A line
     between puzzles or a full grid ends a puzzle. Any other line of another length, and a puzzle
     cut short, are passed on as they are, for parse_line to report: nothing is skipped
     unannounced."""
     block, start = [], None
     for i, line in enumerate(lines, 1):
         row = grid_row(line)
+        if row == '':                           # a box border: the grid goes on
+            continue
         if row is None:
             if block: yield start, ''.join(block)
             block = []

@@ -211,9 +211,10 @@ def test_sudoku_standard_formats(tmp_path):
 
 
 def test_sudoku_grids_written_over_several_lines(tmp_path):
-    """Project Euler 96's sudoku.txt ('Grid 01', then 9 rows of 9 digits, '0' blank) and grids
-    with spaces between cells and blank lines between grids read as the one-line format does; a
-    row of another length or a grid cut short names its line, and --skip_bad goes on after it."""
+    """Project Euler 96's sudoku.txt ('Grid 01', then 9 rows of 9 digits, '0' blank), grids with
+    spaces between cells and blank lines between grids, Norvig's easy50.txt (a ruler of '=' between
+    grids) and grids printed with borders between boxes read as the one-line format does; a row of
+    another length or a grid cut short names its line, and --skip_bad goes on after it."""
     task = get_task('sudoku', size=9)
     puzzles = [p for p, _ in generate(task, 3, seed=0, workers=1)]
     rows = lambda p, sep='': [sep.join(p[r * 9:r * 9 + 9]) for r in range(9)]
@@ -224,6 +225,26 @@ def test_sudoku_grids_written_over_several_lines(tmp_path):
     assert read_examples(task, str(path), limit=1) == [(puzzles[0], None)]
     path.write_text('\n\n'.join('\n'.join(rows(p, ' ')) for p in puzzles))
     assert read_examples(task, str(path)) == [(p, None) for p in puzzles]
+    path.write_text('\n========\n'.join('\n'.join(rows(p.replace('.', '0'))) for p in puzzles) + '\n')
+    assert read_examples(task, str(path)) == [(p, None) for p in puzzles]   # Norvig's easy50.txt
+    printed = lambda p: [' |'.join(' '.join(r[c:c + 3]) for c in (0, 3, 6)) for r in rows(p)]
+    boxed = lambda p: [*printed(p)[:3], '------+-------+------', *printed(p)[3:6], '------+-------+------',
+                       *printed(p)[6:]]                                   # as Norvig's display() prints one
+    path.write_text('4 . . |. . . |8 . 5 \n. 3 . |. . . |. . . \n. . . |7 . . |. . . \n------+------+------\n'
+                    '. 2 . |. . . |. 6 . \n. . . |. 8 . |4 . . \n. . . |. 1 . |. . . \n------+------+------\n'
+                    '. . . |6 . 3 |. 7 . \n5 . . |2 . . |. . . \n1 . 4 |. . . |. . . \n')   # Norvig's essay, as printed
+    assert read_examples(task, str(path)) == [
+        ('4.....8.5.3..........7......2.....6.....8.4......1.......6.3.7.5..2.....1.4......', None)]
+    path.write_text('\n\n'.join('\n'.join(boxed(p)) for p in puzzles) + '\n')
+    assert read_examples(task, str(path)) == [(p, None) for p in puzzles]
+    framed = lambda p: [line for b in (0, 3, 6) for line in ['+-------+-------+-------+', *[
+        '| ' + ' | '.join(' '.join(r[c:c + 3]) for c in (0, 3, 6)) + ' |' for r in rows(p)[b:b + 3]]]] + [
+        '+-------+-------+-------+']                                      # a frame around every box
+    path.write_text('\n'.join(line for p in puzzles for line in framed(p)) + '\n')
+    assert read_examples(task, str(path)) == [(p, None) for p in puzzles]
+    lines = '\n'.join(boxed(puzzles[0])).splitlines()
+    path.write_text('\n'.join(lines[:3] + lines[4:]) + '\n')           # a border left out changes nothing
+    assert read_examples(task, str(path)) == [(puzzles[0], None)]
     whole, euler[14] = euler[14], euler[14][:4]     # grid 2's fourth row (line 15) loses 5 cells
     path.write_text('\n'.join(euler) + '\n')
     with pytest.raises(TaskFormatError, match=r'sudoku.txt:15: expected 81 cells for a 9x9 sudoku, got 4'):
