@@ -201,7 +201,8 @@ class Block(nn.Module):
 class KVCache:
     """Keys/values of already-processed positions, per layer. A step appends its new keys and
     values; `commit(n)` keeps only the first n of them (AR+MTP: the new clean token stays, the
-    W latent positions after it are thrown away and recomputed next step)."""
+    W latent positions after it are thrown away and recomputed next step); `replace_rows` swaps
+    some batch rows for a fresh cache's (the latent sampler's refresh on doubt)."""
     def __init__(self, n_layer):
         self.k, self.v, self.new = [None] * n_layer, [None] * n_layer, [None] * n_layer
 
