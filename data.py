@@ -15,7 +15,7 @@ from multiprocessing import get_context
 import numpy as np
 from tqdm import tqdm
 from configurator import parse_settings, refuse_unused
-from tasks import TASKS, get_task, task_options
+from tasks import BOXES, TASKS, get_task, task_options
 
 DATA_VERSION = 1                  # bump when a generator in tasks.py changes: stale caches are ignored
 
@@ -115,15 +115,19 @@ def is_grid_file(lines, n):
 def sudoku_grids(lines, n):
     """(line number, puzzle as one line) for puzzles written as n rows of n cells (spaces between
     cells, and borders between boxes, allowed), such as Project Euler 96's sudoku.txt: a 'Grid 01'
-    line, then 9 rows; or Norvig's easy50.txt: 9 rows, then a ruler of '='. A line
-    between puzzles or a full grid ends a puzzle. Any other line of another length, and a puzzle
-    cut short, are passed on as they are, for parse_line to report: nothing is skipped
-    unannounced."""
-    block, start = [], None
+    line, then 9 rows; or Norvig's easy50.txt: 9 rows, then a ruler of '='. A line between
+    puzzles, a full grid, or a box border where none belongs ends a puzzle. Any other line of
+    another length, and a puzzle cut short, are passed on as they are, for parse_line to report:
+    nothing is skipped unannounced."""
+    block, start, band_start = [], None, 0      # band_start: the block's length at its last box border
     for i, line in enumerate(lines, 1):
         row = grid_row(line)
-        if row == '':                           # a box border: the grid goes on
-            continue
+        if row == '':                           # a box border: between grids, or after whole bands of boxes
+            rows_since = len(block) - band_start
+            if not block or (rows_since > 0 and rows_since % BOXES[n][0] == 0):
+                band_start = len(block)
+                continue
+            row = None                          # a row missing above it: the puzzle ends, to be reported
         if row is None:
             if block: yield start, ''.join(block)
             block = []
@@ -131,7 +135,8 @@ def sudoku_grids(lines, n):
             yield i, row
             block = []
         else:
-            start = i if not block else start
+            if not block:
+                start, band_start = i, 0
             block.append(row)
             if len(block) == n:
                 yield start, ''.join(block)

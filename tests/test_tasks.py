@@ -245,6 +245,14 @@ def test_sudoku_grids_written_over_several_lines(tmp_path):
     lines = '\n'.join(boxed(puzzles[0])).splitlines()
     path.write_text('\n'.join(lines[:3] + lines[4:]) + '\n')           # a border left out changes nothing
     assert read_examples(task, str(path)) == [(puzzles[0], None)]
+    framed_rows = [line for p in puzzles for line in framed(p)]
+    del framed_rows[5]                          # grid 1's fourth row (line 6): its box's border comes early
+    path.write_text('\n'.join(framed_rows) + '\n')
+    with pytest.raises(TaskFormatError, match=r'sudoku.txt:2: expected 81 cells for a 9x9 sudoku, got 45'):
+        read_examples(task, str(path))
+    examples, errors = read_examples(task, str(path), skip_bad=True)    # grid 2's rows not taken into grid 1
+    assert examples == [(p, None) for p in puzzles[1:]] and errors[1].endswith(':9: expected 81 cells '
+                                                                               'for a 9x9 sudoku, got 27')
     whole, euler[14] = euler[14], euler[14][:4]     # grid 2's fourth row (line 15) loses 5 cells
     path.write_text('\n'.join(euler) + '\n')
     with pytest.raises(TaskFormatError, match=r'sudoku.txt:15: expected 81 cells for a 9x9 sudoku, got 4'):
