@@ -100,7 +100,7 @@ BOX_BORDER = re.compile(r'[-+|]*[-+][-+|]*$')    # '------+-------+------' insid
 def grid_row(line):
     """A line of a grid file as its cells (spaces and the '|' between boxes dropped); None for a
     line between puzzles: blank, a '#' comment, a title such as 'Grid 01', or a ruler of '='
-    (Norvig's easy50.txt); '' for a box border inside a grid, which is passed over."""
+    (Norvig's easy50.txt); '' for a box border (sudoku_grids passes it over where one belongs)."""
     row = ''.join(line.split())
     if not row or row.startswith('#') or GRID_TITLE.match(line.strip()) or set(row) == {'='}:
         return None
