@@ -94,7 +94,6 @@ def read_examples(task, path, skip_bad=False, limit=None):
     return (examples, errors) if skip_bad else examples
 
 GRID_TITLE = re.compile(r'(grid|puzzle|sudoku)\b', re.IGNORECASE)     # 'Grid 01' (Project Euler 96)
-BOX_BORDER = re.compile(r'[-+|]*[-+][-+|]*$')    # '------+-------+------' inside a printed grid
 
 
 def grid_row(line):
@@ -102,9 +101,9 @@ def grid_row(line):
     line between puzzles: blank, a '#' comment, a title such as 'Grid 01', or a ruler of '='
     (Norvig's easy50.txt); '' for a box border (sudoku_grids passes it over where one belongs)."""
     row = ''.join(line.split())
-    if not row or row.startswith('#') or GRID_TITLE.match(line.strip()) or set(row) == {'='}:
+    if not row or row.startswith('#') or GRID_TITLE.match(line.strip()) or not row.strip('='):
         return None
-    return '' if BOX_BORDER.match(row) else row.replace('|', '')
+    return '' if not row.strip('-+|') else row.replace('|', '')     # '------+------' is a border
 
 
 def is_grid_file(lines, n):
