@@ -198,6 +198,12 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def pad_to(t, n, dim):
+    """t padded with zeros (False if bool) along dim to length n; t itself, not a copy, if as long."""
+    extra = n - t.shape[dim]
+    return t if extra == 0 else F.pad(t, (0, 0) * (t.dim() - 1 - dim) + (0, extra))
+
+
 class KVCache:
     """Keys/values of already-processed positions, per layer. A step appends its new keys and
     values; `commit(n)` keeps only the first n of them (AR+MTP: the new clean token stays, the
@@ -225,11 +231,10 @@ class KVCache:
         """Batch rows `rows` take the keys/values of `other` (a cache of those rows only). The
         shorter of the two is padded with zeros to the longer first: the caller masks padding out."""
         n = max(len(self), len(other))
-        pad = lambda t: t if t.shape[2] == n else F.pad(t, (0, 0, 0, n - t.shape[2]))   # no copy if long enough
         for mine, theirs in ((self.k, other.k), (self.v, other.v)):
             for i in range(len(mine)):
-                mine[i] = pad(mine[i])
-                mine[i][rows] = pad(theirs[i])
+                mine[i] = pad_to(mine[i], n, 2)
+                mine[i][rows] = pad_to(theirs[i], n, 2)
 
     def __len__(self):
         return 0 if self.k[0] is None else self.k[0].shape[2]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from model import KVCache, attention_mask
+from model import KVCache, attention_mask, pad_to
 from data import SPLITS, TaskFormatError, load_splits, read_examples, write_examples
 from tasks import MASK, SEP, get_task
 from configurator import parse_settings, refuse_unused
@@ -218,9 +218,8 @@ def rerun_fresh(model, x, rows, keep, masked, rank, attn, cache, cached, cached_
     idx, valid, logits = trimmed_pass(model, x[rows], keep[rows], masked[rows], rank[rows], attn, fresh)
     cached[rows], fresh_valid = keep_clean(fresh, idx, valid, ~masked[rows])
     cache.replace_rows(rows, fresh)
-    pad = lambda v: F.pad(v, (0, len(cache) - v.shape[1]))
-    cached_valid = pad(cached_valid)
-    cached_valid[rows] = pad(fresh_valid)
+    cached_valid = pad_to(cached_valid, len(cache), 1)
+    cached_valid[rows] = pad_to(fresh_valid, len(cache), 1)
     return idx, valid, logits, cached_valid
 
 
