@@ -25,7 +25,7 @@ class TaskFormatError(ValueError):
 
 
 # Sudoku CSV headers seen in public files: Kaggle's 1M (quizzes,solutions), the 3M / 9M sets
-# (id,puzzle,solution,...), sudoku-extreme (source,question,answer,rating).
+# (id,puzzle,solution,...), sudoku-extreme (source,question,answer,rating); TSV the same.
 PUZZLE_COLUMNS, SOLUTION_COLUMNS = ('puzzle', 'quiz', 'question'), ('solution', 'answer')
 
 
@@ -61,11 +61,13 @@ def read_examples(task, path, skip_bad=False, limit=None):
     raises TaskFormatError too."""
     examples, errors = [], []
     lines = read_lines(path)
-    header = next(csv.reader(lines[:1]), [])
+    first = ''.join(lines[:1])
+    delimiter = '\t' if '\t' in first and ',' not in first else ','     # CSV, or TSV
+    header = next(csv.reader(lines[:1], delimiter=delimiter), [])
     column = lambda words: next((h for h in header if any(w in h.strip().lower() for w in words)), None)
     pcol, scol = column(PUZZLE_COLUMNS), column(SOLUTION_COLUMNS)
     if task.name.startswith('sudoku') and pcol:    # CSV with a header (PUZZLE_COLUMNS, SOLUTION_COLUMNS)
-        reader = csv.DictReader(lines[1:], fieldnames=header)
+        reader = csv.DictReader(lines[1:], fieldnames=header, delimiter=delimiter)
         rows = ((i + 2, row[pcol] + (',' + row[scol] if scol and row.get(scol) else '')) for i, row in enumerate(reader))
     elif task.name == 'sudoku' and is_grid_file(lines, task.n):   # a puzzle over n lines (Project Euler 96)
         rows = sudoku_grids(lines, task.n)

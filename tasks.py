@@ -271,10 +271,16 @@ class Sudoku(Task):
         if sudoku_conflicts([0 if c == '.' else int(c) for c in problem], n):
             raise ValueError('the givens already conflict (same digit twice in a row, column or box)')
 
-    def parse_line(self, line):     # puzzle[,solution], '.' or '0' blanks; after whitespace: a comment
-        fields = line.split()[0].split(',') if line.split() else ['']
+    def parse_line(self, line):
+        """'puzzle' or 'puzzle,solution', '.' or '0' for blanks. After whitespace, a field as long
+        as the puzzle is its solution ('puzzle<TAB>solution', as some public files write it);
+        anything else after whitespace is a comment."""
+        words = line.split() or ['']
+        fields = words[0].split(',')
         if len(fields) > 2:
             raise ValueError('expected "puzzle" or "puzzle,solution"')
+        if len(fields) == 1 and len(words) > 1 and len(words[1]) == len(fields[0]):
+            fields.append(words[1])
         problem = fields[0].replace('0', '.')
         self.check_problem(problem)
         # an answer is read as written: what a model wrote may hold any symbol of the vocabulary (a 7
@@ -413,12 +419,18 @@ class Countdown(Task):
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f'broken JSON: {e.msg}') from None
-        if isinstance(obj, dict) and isinstance(obj.get('nums'), list) and 'target' in obj:
+        nums = obj.get('nums', obj.get('numbers')) if isinstance(obj, dict) else None
+        if isinstance(nums, list) and 'target' in obj:
             # the other public form (Countdown-Tasks-3to4, TinyZero): {"nums": [...], "target": N}
-            obj = dict(obj, input=','.join(map(str, obj['nums'] + [obj['target']])))
+            obj = dict(obj, input=','.join(map(str, nums + [obj['target']])))
         if not isinstance(obj, dict) or not isinstance(obj.get('input'), str):
             raise ValueError('expected an object with "input" (and optionally "output"), '
-                             'or with "nums" and "target"')
+                             'or with "nums" (or "numbers") and "target"')
+        target = str(obj.get('output'))
+        if target.isdigit() and len(obj['input'].split(',')) == self.options['n_numbers']:
+            # d1's countdown_cd3_test.jsonl: {"input": "30,100,93", "output": "23"}, the numbers
+            # in "input" and the target as "output" (ours: numbers and target in, steps out)
+            obj = {'input': f"{obj['input']},{target}"}
         self.check_problem(obj['input'])
         return obj['input'], obj.get('output') or None
 

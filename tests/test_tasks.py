@@ -140,12 +140,17 @@ def test_countdown_verifier_rules():
     assert not task.verify(p, '')
 
 
-def test_countdown_reads_both_public_jsonl_forms():
+def test_countdown_reads_the_public_jsonl_forms():
     task = get_task('countdown', n_numbers=3)
     assert task.parse_line('{"input": "15,44,79,50", "output": "44-15=29,79-29=50"}') == \
         ('15,44,79,50', '44-15=29,79-29=50')
     assert task.parse_line('{"target": 50, "nums": [15, 44, 79]}') == ('15,44,79,50', None)
-    for bad in ('{"target": 50, "nums": [15, 44]}', '{"input": 15}', '[15, 44, 79, 50]'):
+    assert task.parse_line('{"numbers": [15, 44, 79], "target": 50}') == ('15,44,79,50', None)
+    assert task.parse_line('{"input": "15,44,79", "output": "50"}') == ('15,44,79,50', None)   # d1's test file
+    assert task.parse_line('{"input": "15,44,79", "output": 50}') == ('15,44,79,50', None)
+    assert task.parse_line('{"input": "15,44,79,50", "output": "50"}') == ('15,44,79,50', '50')  # an answer, as written
+    for bad in ('{"target": 50, "nums": [15, 44]}', '{"input": 15}', '[15, 44, 79, 50]',
+                '{"input": "15,44", "output": "50"}', '{"input": "15,44,79", "output": "44-15=29"}'):
         with pytest.raises(ValueError):
             task.parse_line(bad)
 
@@ -200,6 +205,8 @@ def test_sudoku_standard_formats(tmp_path):
     assert read_examples(task, str(path), limit=2) == [(problem, None), (problem, None)]
     path.write_text(f'{problem}\r\n{problem}\r\n\r\n{problem},{answer}\r\n', encoding='utf-8-sig')   # saved on Windows
     assert read_examples(task, str(path)) == [(problem, None), (problem, None), (problem, answer)]
+    path.write_text(f'{problem}\t{answer}\n{problem} {answer[:80]}\n{problem.replace(".", "0")}  {answer}  # rated 3\n')
+    assert read_examples(task, str(path)) == [(problem, answer), (problem, None), (problem, answer)]   # 80: a comment
     csv_path = tmp_path / 'p.csv'
     for header, row in [('id,puzzle,solution', f'0,{problem},{answer}'),
                         ('quizzes,solutions', f'{problem.replace(".", "0")},{answer}'),   # Kaggle 1M
@@ -208,6 +215,9 @@ def test_sudoku_standard_formats(tmp_path):
                         ('"id", "Puzzle", "Solution"', f'0,{problem},{answer}')]:       # quoted, spaced
         csv_path.write_text(f'{header}\n{row}\n')
         assert read_examples(task, str(csv_path)) == [(problem, answer if ',' in header else None)], header
+    for header, row in [('puzzle\tsolution', f'{problem}\t{answer}'), ('id\tquizzes', f'7\t{problem}')]:  # TSV
+        csv_path.write_text(f'{header}\n{row}\n')
+        assert read_examples(task, str(csv_path)) == [(problem, answer if 'solution' in header else None)], header
 
 
 def test_sudoku_grids_written_over_several_lines(tmp_path):
