@@ -443,6 +443,26 @@ def test_standard_9x9_file_from_elsewhere_gives_a_solve_rate(tmp_path, capsys):
     assert result['n'] == 12 and result['accuracy'] == sum(TASK9.verify(p, a) for p, a in answers) / 12
 
 
+
+def test_countdown_file_from_elsewhere_is_solved_and_written_in_our_format(tmp_path, capsys):
+    """d1's countdown_cd3_test.jsonl form (numbers in, target out) and the nums/target form,
+    through a Countdown checkpoint: every line is decoded and written back as 'numbers,target'
+    with the model's answer, which verify scores."""
+    src = tmp_path / 'cd3.jsonl'
+    src.write_text('{"input": "30,100,93", "output": "23"}\n{"nums": [4, 9, 2], "target": 18}\n'
+                   '{"input": "15,44,79,50", "output": "44-15=29,79-29=50"}\n')
+    cfg, _ = settings(['presets/tiny_test.json', '--task=countdown', '--n_numbers=3', '--n_train=64', '--n_val=8',
+                       '--n_test=8', '--max_iters=2', f'--out_dir={tmp_path}/out', f'--data_dir={tmp_path}/data'])
+    train(cfg, quiet=True)
+    out = tmp_path / 'answers.jsonl'
+    capsys.readouterr()
+    sample.main([f'--ckpt={tmp_path}/out/ckpt.pt', f'--input={src}', f'--output={out}'])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [w['input'] for w in written] == ['30,100,93,23', '4,9,2,18', '15,44,79,50']
+    task = get_task('countdown', n_numbers=3)
+    assert result['n'] == 3 and result['accuracy'] == sum(task.verify(w['input'], w.get('output')) for w in written) / 3
+
 def test_confidence_scores_by_hand():
     from sample import score
     probs = torch.tensor([[[0.7, 0.2, 0.1], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]]], dtype=torch.float64)
