@@ -272,15 +272,20 @@ class Sudoku(Task):
             raise ValueError('the givens already conflict (same digit twice in a row, column or box)')
 
     def parse_line(self, line):
-        """'puzzle' or 'puzzle,solution', '.' or '0' for blanks. After whitespace, a field as long
-        as the puzzle is its solution ('puzzle<TAB>solution', as some public files write it);
-        anything else after whitespace is a comment."""
-        words = line.split() or ['']
-        fields = words[0].split(',')
+        """'puzzle' or 'puzzle,solution', '.' or '0' for blanks; fields are split at whitespace.
+        The puzzle is the first field, unless that is not n * n cells long and a later field is,
+        with a blank: then the fields before it are an id ('hash puzzle rating': the Sudoku
+        Exchange puzzle bank; a solution, which has no blank, is never taken for the puzzle).
+        After the puzzle, a field as long as it is its solution ('puzzle<TAB>solution'); anything
+        else is a comment."""
+        words, cells = line.split() or [''], lambda w: w.split(',')[0]
+        at = 0 if len(cells(words[0])) == self.n ** 2 else next(
+            (i for i, w in enumerate(words) if len(cells(w)) == self.n ** 2 and set(cells(w)) & set('.0')), 0)
+        fields, after = words[at].split(','), words[at + 1:]
         if len(fields) > 2:
             raise ValueError('expected "puzzle" or "puzzle,solution"')
-        if len(fields) == 1 and len(words) > 1 and len(words[1]) == len(fields[0]):
-            fields.append(words[1])
+        if len(fields) == 1 and after and len(after[0]) == len(fields[0]):
+            fields.append(after[0])
         problem = fields[0].replace('0', '.')
         self.check_problem(problem)
         # an answer is read as written: what a model wrote may hold any symbol of the vocabulary (a 7

@@ -207,6 +207,10 @@ def test_sudoku_standard_formats(tmp_path):
     assert read_examples(task, str(path)) == [(problem, None), (problem, None), (problem, answer)]
     path.write_text(f'{problem}\t{answer}\n{problem} {answer[:80]}\n{problem.replace(".", "0")}  {answer}  # rated 3\n')
     assert read_examples(task, str(path)) == [(problem, answer), (problem, None), (problem, answer)]   # 80: a comment
+    path.write_text(f'0000183b305c {problem.replace(".", "0")}  1.2\n7 {problem} {answer}\n{problem[:80]} {answer}\n')
+    with pytest.raises(TaskFormatError, match=':3: expected 81 cells for a 9x9 sudoku, got 80'):
+        read_examples(task, str(path))             # a line with no 81-cell field: its first field reported
+    assert read_examples(task, str(path), limit=2) == [(problem, None), (problem, answer)]   # Sudoku Exchange's bank
     csv_path = tmp_path / 'p.csv'
     for header, row in [('id,puzzle,solution', f'0,{problem},{answer}'),
                         ('quizzes,solutions', f'{problem.replace(".", "0")},{answer}'),   # Kaggle 1M
