@@ -275,12 +275,13 @@ class Sudoku(Task):
         """'puzzle' or 'puzzle,solution', '.' or '0' for blanks; fields are split at whitespace.
         The puzzle is the first field, unless that is not n * n cells long and a later field is,
         with a blank: then the fields before it are an id ('hash puzzle rating': the Sudoku
-        Exchange puzzle bank; a solution, which has no blank, is never taken for the puzzle).
-        After the puzzle, a field as long as it is its solution ('puzzle<TAB>solution'); anything
-        else is a comment."""
+        Exchange puzzle bank; a solution, which has no blank, is never taken for the puzzle; a
+        puzzle of another size is, so that the error names its size). After the puzzle, a field
+        as long as it is its solution ('puzzle<TAB>solution'); anything else is a comment."""
         words, cells = line.split() or [''], lambda w: w.split(',')[0]
+        puzzle = lambda w, m: len(cells(w)) == m * m and set(cells(w)) & set('.0')
         at = 0 if len(cells(words[0])) == self.n ** 2 else next(
-            (i for i, w in enumerate(words) if len(cells(w)) == self.n ** 2 and set(cells(w)) & set('.0')), 0)
+            (i for m in (self.n, *BOXES) for i, w in enumerate(words) if puzzle(w, m)), 0)
         fields, after = words[at].split(','), words[at + 1:]
         if len(fields) > 2:
             raise ValueError('expected "puzzle" or "puzzle,solution"')

@@ -211,6 +211,8 @@ def test_sudoku_standard_formats(tmp_path):
     with pytest.raises(TaskFormatError, match=':3: expected 81 cells for a 9x9 sudoku, got 80'):
         read_examples(task, str(path))             # a line with no 81-cell field: its first field reported
     assert read_examples(task, str(path), limit=2) == [(problem, None), (problem, answer)]   # Sudoku Exchange's bank
+    with pytest.raises(TaskFormatError, match='expected 36 cells for a 6x6 sudoku, got 81'):
+        read_examples(get_task('sudoku', size=6), str(path))    # not 'got 12', the hash's length
     csv_path = tmp_path / 'p.csv'
     for header, row in [('id,puzzle,solution', f'0,{problem},{answer}'),
                         ('quizzes,solutions', f'{problem.replace(".", "0")},{answer}'),   # Kaggle 1M
