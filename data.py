@@ -8,7 +8,7 @@ content-disjoint train/val/test splits cached on disk, and the command line.
     python data.py --task=zebra --show --n=1
     python data.py --bench                                        # examples generated per second
 """
-import csv, gzip, hashlib, io, json, math, os, re, sys, time, zipfile
+import bz2, csv, gzip, hashlib, io, json, lzma, math, os, re, sys, time, zipfile, zlib
 from collections import Counter
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -29,14 +29,23 @@ class TaskFormatError(ValueError):
 PUZZLE_COLUMNS, SOLUTION_COLUMNS = ('puzzle', 'quiz', 'question'), ('solution', 'answer')
 
 
+COMPRESSED = {b'\x1f\x8b': ('gzip', gzip.decompress), b'BZh': ('bzip2', bz2.decompress),
+              b'\xfd7zXZ\x00': ('xz', lzma.decompress)}     # first bytes -> the format
+
+
 def read_lines(path):
-    """The lines of a text file, plain, gzip-compressed or a zip holding one file (public puzzle
-    sets are often shipped compressed; told apart by their first bytes, not by the name), with a
-    byte-order mark dropped and line ends kept for the csv reader. Not UTF-8: TaskFormatError."""
+    """The lines of a text file, plain, compressed (gzip, bzip2, xz) or a zip holding one file
+    (public puzzle sets are often shipped compressed; told apart by their first bytes, not by the
+    name), with a byte-order mark dropped and line ends kept for the csv reader. Not UTF-8, or
+    damaged (a download cut short): TaskFormatError."""
     with open(path, 'rb') as f:
         data = f.read()
-    if data[:2] == b'\x1f\x8b':
-        data = gzip.decompress(data)
+    kind, decompress = next((v for magic, v in COMPRESSED.items() if data.startswith(magic)), (None, None))
+    if kind:
+        try:
+            data = decompress(data)
+        except (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as e:
+            raise TaskFormatError(f'{path}: a damaged {kind} file ({e})') from None
     elif data[:4] == b'PK\x03\x04':
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as z:

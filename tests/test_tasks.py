@@ -1,5 +1,5 @@
 """tasks.py and data.py: generators verify, corruptions are rejected, formats round-trip, splits are disjoint."""
-import gzip, json, subprocess, sys, zipfile
+import bz2, gzip, json, lzma, subprocess, sys, zipfile
 import numpy as np
 import pytest
 from data import TaskFormatError, generate, load_splits, make_splits, paired_difference, read_examples, write_examples
@@ -289,21 +289,27 @@ def test_sudoku_grids_written_over_several_lines(tmp_path):
 
 
 def test_compressed_files_read_as_the_plain_file_and_binary_ones_are_refused(tmp_path):
-    """Public puzzle sets ship as .gz or as a zip of one CSV; the first bytes say which."""
+    """Public puzzle sets ship as .gz, .bz2, .xz or as a zip of one CSV; the first bytes say which.
+    A file cut short (an interrupted download) or damaged is an error that names it."""
     task = get_task('sudoku', size=9)
     (problem, answer), = generate(task, 1, seed=0, workers=1)
     text = f'quizzes,solutions\r\n{problem.replace(".", "0")},{answer}\r\n{problem}\r\n'
-    (tmp_path / 'p.gz').write_bytes(gzip.compress(text.encode()))
+    for name, compress in (('p.gz', gzip.compress), ('p.bz2', bz2.compress), ('p.xz', lzma.compress)):
+        (tmp_path / name).write_bytes(compress(text.encode()))
+        (tmp_path / f'cut{name}').write_bytes(compress(text.encode())[:30])
+        (tmp_path / f'bad{name}').write_bytes(compress(text.encode())[:12] + b'garbage' * 9)
     with zipfile.ZipFile(tmp_path / 'p.zip', 'w') as z:
         z.writestr('sudoku.csv', text)
-    for name in ('p.gz', 'p.zip'):              # the name says nothing: a .txt holding gzip reads too
+    for name in ('p.gz', 'p.bz2', 'p.xz', 'p.zip'):     # the name says nothing: a .txt holding gzip reads too
         assert read_examples(task, str(tmp_path / name)) == [(problem, answer), (problem, None)], name
     with zipfile.ZipFile(tmp_path / 'two.zip', 'w') as z:
         z.writestr('a.csv', text); z.writestr('b.csv', text)
     (tmp_path / 'binary.txt').write_bytes(b'\x00\xff\xfe' + problem.encode())
     (tmp_path / 'cut.zip').write_bytes((tmp_path / 'p.zip').read_bytes()[:40])
+    damaged = [(f'{how}p.{ext}', f'a damaged {kind} file') for how in ('cut', 'bad')
+               for ext, kind in (('gz', 'gzip'), ('bz2', 'bzip2'), ('xz', 'xz'))]
     for name, message in (('two.zip', 'must hold exactly one file, this one holds 2'),
-                          ('binary.txt', 'not a UTF-8 text file'), ('cut.zip', 'a damaged zip file')):
+                          ('binary.txt', 'not a UTF-8 text file'), ('cut.zip', 'a damaged zip file'), *damaged):
         with pytest.raises(TaskFormatError, match=message):
             read_examples(task, str(tmp_path / name))
 
