@@ -29,8 +29,17 @@ class TaskFormatError(ValueError):
 PUZZLE_COLUMNS, SOLUTION_COLUMNS = ('puzzle', 'quiz', 'question'), ('solution', 'answer')
 
 
+def unzip(data):
+    """The one file a zip holds (a zip of several is refused: which one would be the puzzles?)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        names = [n for n in z.namelist() if not n.endswith('/')]
+        if len(names) != 1:
+            raise TaskFormatError(f'a zip file must hold exactly one file, this one holds {len(names)}')
+        return z.read(names[0])
+
+
 COMPRESSED = {b'\x1f\x8b': ('gzip', gzip.decompress), b'BZh': ('bzip2', bz2.decompress),
-              b'\xfd7zXZ\x00': ('xz', lzma.decompress)}     # first bytes -> the format
+              b'\xfd7zXZ\x00': ('xz', lzma.decompress), b'PK\x03\x04': ('zip', unzip)}   # first bytes -> format
 
 
 def read_lines(path):
@@ -41,25 +50,17 @@ def read_lines(path):
     with open(path, 'rb') as f:
         data = f.read()
     kind, decompress = next((v for magic, v in COMPRESSED.items() if data.startswith(magic)), (None, None))
-    if kind:
-        try:
-            data = decompress(data)
-        except (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as e:
-            raise TaskFormatError(f'{path}: a damaged {kind} file ({e})') from None
-    elif data[:4] == b'PK\x03\x04':
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as z:
-                names = [n for n in z.namelist() if not n.endswith('/')]
-                if len(names) != 1:
-                    raise TaskFormatError(f'{path}: a zip file must hold exactly one file, this one holds {len(names)}')
-                data = z.read(names[0])
-        except zipfile.BadZipFile as e:
-            raise TaskFormatError(f'{path}: a damaged zip file ({e})') from None
+    try:
+        data = decompress(data) if kind else data
+    except TaskFormatError as e:
+        raise TaskFormatError(f'{path}: {e}') from None
+    except (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError, zipfile.BadZipFile) as e:
+        raise TaskFormatError(f'{path}: a damaged {kind} file ({e})') from None
     try:
         return list(io.StringIO(data.decode('utf-8-sig'), newline=''))
     except UnicodeDecodeError as e:
         raise TaskFormatError(f'{path}: not a UTF-8 text file (byte {e.start} is {data[e.start:e.start + 1]!r}); '
-                              'give puzzles as text, gzip or a zip of one file') from None
+                              'give puzzles as text, compressed text or a zip of one file') from None
 
 
 def read_examples(task, path, skip_bad=False, limit=None):

@@ -279,9 +279,8 @@ class Sudoku(Task):
         puzzle of another size is, so that the error names its size). After the puzzle, a field
         as long as it is its solution ('puzzle<TAB>solution'); anything else is a comment."""
         words, cells = line.split() or [''], lambda w: w.split(',')[0]
-        puzzle = lambda w, m: len(cells(w)) == m * m and set(cells(w)) & set('.0')
-        at = 0 if len(cells(words[0])) == self.n ** 2 else next(
-            (i for m in (self.n, *BOXES) for i, w in enumerate(words) if puzzle(w, m)), 0)
+        at = next((i for m in (self.n, *BOXES) for i, w in enumerate(words)
+                   if len(cells(w)) == m * m and (i == 0 or set(cells(w)) & set('.0'))), 0)
         fields, after = words[at].split(','), words[at + 1:]
         if len(fields) > 2:
             raise ValueError('expected "puzzle" or "puzzle,solution"')
