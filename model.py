@@ -198,17 +198,11 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def pad_to(t, n, dim):
-    """t padded with zeros (False if bool) along dim to length n; t itself, not a copy, if as long."""
-    extra = n - t.shape[dim]
-    return t if extra == 0 else F.pad(t, (0, 0) * (t.dim() - 1 - dim) + (0, extra))
-
-
 class KVCache:
     """Keys/values of already-processed positions, per layer. A step appends its new keys and
     values; `commit(n)` keeps only the first n of them (AR+MTP: the new clean token stays, the
-    W latent positions after it are thrown away and recomputed next step); `replace_rows` swaps
-    some batch rows for a fresh cache's (the latent sampler's refresh on doubt)."""
+    W latent positions after it are thrown away and recomputed next step). The diffusion
+    decoders' cache, which also says which positions it holds, is sample.py's CleanCache."""
     def __init__(self, n_layer):
         self.k, self.v, self.new = [None] * n_layer, [None] * n_layer, [None] * n_layer
 
@@ -226,15 +220,6 @@ class KVCache:
             self.k[i] = k if self.k[i] is None else torch.cat([self.k[i], k], 2)
             self.v[i] = v if self.v[i] is None else torch.cat([self.v[i], v], 2)
         # END EXERCISE 5
-
-    def replace_rows(self, rows, other):
-        """Batch rows `rows` take the keys/values of `other` (a cache of those rows only). The
-        shorter of the two is padded with zeros to the longer first: the caller masks padding out."""
-        n = max(len(self), len(other))
-        for mine, theirs in ((self.k, other.k), (self.v, other.v)):
-            for i in range(len(mine)):
-                mine[i] = pad_to(mine[i], n, 2)
-                mine[i][rows] = pad_to(theirs[i], n, 2)
 
     def __len__(self):
         return 0 if self.k[0] is None else self.k[0].shape[2]

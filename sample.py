@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from model import KVCache, attention_mask, pad_to
+from model import KVCache, attention_mask
 from data import SPLITS, TaskFormatError, load_splits, read_examples, write_examples
 from tasks import MASK, SEP, get_task
 from configurator import parse_settings, refuse_unused
@@ -89,17 +89,55 @@ def refresh_due(cache_refresh, n_pass):
     return cache_refresh == 0 or n_pass == 0 or (cache_refresh > 0 and n_pass % cache_refresh == 0)
 
 
-def trimmed_mask(mask, valid, kept=None):
+def trimmed_mask(mask, valid, visible=None):
     """The attention mask of a pass run on some positions, padded per row (valid [B, T'] False
     on padding): `mask` over them (None: all see all), no query seeing padding, every query seeing
     itself (a padding query may see nothing at all, and attention over no key gives NaN; padding
-    outputs are never used), and, with a cache, the kept keys first (kept [B, K]: True where a
+    outputs are never used), and, with a cache, the kept keys first (visible [B, K]: True where a
     kept key may be seen; clean positions, which every query sees)."""
     mask = valid[:, None, :] if mask is None else mask & valid[:, None, :]
     mask = mask | torch.eye(valid.shape[1], dtype=torch.bool, device=valid.device)
-    if kept is not None:
-        mask = torch.cat([kept[:, None, :].expand(-1, valid.shape[1], -1), mask], 2)
+    if visible is not None:
+        mask = torch.cat([visible[:, None, :].expand(-1, valid.shape[1], -1), mask], 2)
     return mask
+
+
+def pad_to(t, n, dim):
+    """t padded with zeros (False if bool) along dim to length n; t itself, not a copy, if as long."""
+    extra = n - t.shape[dim]
+    return t if extra == 0 else F.pad(t, (0, 0) * (t.dim() - 1 - dim) + (0, extra))
+
+
+class CleanCache(KVCache):
+    """The keys/values a diffusion decoder keeps of clean positions, and which ones they are:
+    held [B, T] the positions whose keys/values are kept (a pass on the cache does not run them);
+    visible [B, K] True for the kept keys a query may see, one per cache slot (False on the
+    padding that evens the rows out)."""
+    def __init__(self, n_layer, B, T, device):
+        super().__init__(n_layer)
+        self.held = torch.zeros(B, T, dtype=torch.bool, device=device)
+        self.visible = torch.zeros(B, 0, dtype=torch.bool, device=device)
+
+    def keep(self, idx, valid, clean):
+        """After a trimmed pass on idx [B, T'] (valid [B, T'] False on the padding), keep the
+        keys/values of the clean positions it ran (clean [B, T]; first in idx) after those kept."""
+        n_clean = int(clean.sum(1).max())
+        self.commit(n_clean)
+        kept = torch.gather(clean, 1, idx[:, :n_clean]) & valid[:, :n_clean]
+        self.held = self.held | torch.zeros_like(clean).scatter_(1, idx[:, :n_clean], kept)
+        self.visible = torch.cat([self.visible, kept], 1)
+
+    def replace_rows(self, rows, other):
+        """Batch rows `rows` take everything `other` (a cache of those rows only) keeps. The
+        shorter of the two is padded to the longer first, the padding never visible."""
+        n = max(len(self), len(other))
+        for mine, theirs in ((self.k, other.k), (self.v, other.v)):
+            for i in range(len(mine)):
+                mine[i] = pad_to(mine[i], n, 2)
+                mine[i][rows] = pad_to(theirs[i], n, 2)
+        self.held[rows] = other.held
+        self.visible = pad_to(self.visible, n, 1)
+        self.visible[rows] = pad_to(other.visible, n, 1)
 
 
 BROKEN_COMMIT = ('a decoding pass committed a position that was not masked, or none in a row that still had '
@@ -142,7 +180,7 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
     x_in, x = x, x.clone()
     B, T = x.shape
     nfe = torch.zeros(B, device=x.device); positions = torch.zeros(B, device=x.device)
-    cache, kept, n_pass = None, None, 0     # kept [B, T]: clean positions whose keys/values are kept
+    cache, n_pass = None, 0
     while True:
         masked = x == MASK
         active = masked.any(1)
@@ -150,15 +188,17 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
         if n_pass == T: raise RuntimeError(BROKEN_COMMIT)     # each pass commits one: T passes at most
         refresh = refresh_due(cache_refresh, n_pass)
         if refresh:
-            cache = KVCache(model.cfg.n_layer) if cache_refresh != 0 else None
+            cache = CleanCache(model.cfg.n_layer, B, T, x.device) if cache_refresh != 0 else None
             logits, _ = model(x, attn_mask=attention_mask(attn, masked), cache=cache)
-            if cache is not None:            # masked positions' keys/values are kept too, never seen
-                cache.commit(T); kept = ~masked   # (dropping them measured no faster on 9x9)
+            if cache is not None:       # slot i holds position i; masked positions' keys/values are
+                cache.commit(T)         # kept too, never seen (dropping them measured no faster on 9x9)
+                cache.held = cache.visible = ~masked
             ran = torch.full((B,), T, device=x.device)
         else:   # the positions not kept, in order, padded; they see the kept keys and each other
-            idx = kept.to(torch.int8).argsort(dim=1, stable=True)[:, :int((~kept).sum(1).max())]
-            valid = ~torch.gather(kept, 1, idx)
-            attn_mask = trimmed_mask(attention_mask(attn, torch.gather(masked, 1, idx) & valid), valid, kept)
+            held = cache.held
+            idx = held.to(torch.int8).argsort(dim=1, stable=True)[:, :int((~held).sum(1).max())]
+            valid = ~torch.gather(held, 1, idx)
+            attn_mask = trimmed_mask(attention_mask(attn, torch.gather(masked, 1, idx) & valid), valid, cache.visible)
             sub_logits, _ = model(torch.gather(x, 1, idx), pos=idx, attn_mask=attn_mask, cache=cache)
             logits = sub_logits.new_zeros(B, T, sub_logits.shape[-1]).scatter_(   # kept rows: never candidates
                 1, idx[..., None].expand(-1, -1, sub_logits.shape[-1]), sub_logits)
@@ -179,11 +219,11 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
     return x, dict(nfe=nfe, positions=positions)
 
 
-def trimmed_pass(model, x, keep, masked, rank, attn, cache=None, kept=None):
+def trimmed_pass(model, x, keep, masked, rank, attn, cache=None):
     """One pass of the latent sampler on the positions `keep` [B, T] only, clean ones first, padded
     to the longest row (exact: under semi-causal attention no position in the pass could see the
-    others); with a cache, every query also sees the kept clean keys (kept [B, K]). Returns idx
-    [B, T'] (the positions run), valid [B, T'] (False on the padding) and the logits."""
+    others); with a cache (a CleanCache), every query also sees the visible kept clean keys.
+    Returns idx [B, T'] (the positions run), valid [B, T'] (False on the padding) and the logits."""
     # EXERCISE 3: trim the pass to `keep` (clean + L + D). idx [B, T'] the kept positions of each
     # row, clean ones first, padded to the longest row; valid [B, T'] False on the padding
     idx = (2 * (~keep).to(torch.int8) + masked.to(torch.int8)).argsort(dim=1, stable=True)
@@ -191,36 +231,21 @@ def trimmed_pass(model, x, keep, masked, rank, attn, cache=None, kept=None):
     valid = torch.gather(keep, 1, idx)
     # END EXERCISE 3
     masked_sub = torch.gather(masked, 1, idx) & valid
-    attn_mask = trimmed_mask(attention_mask(attn, masked_sub, torch.gather(rank, 1, idx)), valid, kept)
+    attn_mask = trimmed_mask(attention_mask(attn, masked_sub, torch.gather(rank, 1, idx)), valid,
+                             None if cache is None else cache.visible)
     logits, _ = model(torch.gather(x, 1, idx), pos=idx, attn_mask=attn_mask, cache=cache)
     return idx, valid, logits
 
 
-def keep_clean(cache, idx, valid, clean, cached=None, cached_valid=None):
-    """After a trimmed pass, keep the keys/values of the clean positions it ran (`clean` [B, T];
-    first in idx) in the cache, after those already kept (cached [B, T], cached_valid [B, K]) if
-    given. Returns the new cached and cached_valid."""
-    n_clean = int(clean.sum(1).max())
-    cache.commit(n_clean)
-    kept = torch.gather(clean, 1, idx[:, :n_clean]) & valid[:, :n_clean]
-    now_kept = torch.zeros_like(clean).scatter_(1, idx[:, :n_clean], kept)
-    if cached is None:
-        return now_kept, kept
-    return cached | now_kept, torch.cat([cached_valid, kept], 1)
-
-
-def rerun_fresh(model, x, rows, keep, masked, rank, attn, cache, cached, cached_valid):
+def rerun_fresh(model, x, rows, keep, masked, rank, attn, cache):
     """Refresh on doubt: the pass of batch rows `rows` (on `keep` [B, T]) run again, every clean
-    position fresh; their fresh clean keys/values replace the stale ones in the cache (`cached`
-    [B, T] is updated in place). Returns this pass's idx, valid, logits and the new cached_valid
-    [B, K] (False on the padding that evens the rows out)."""
-    fresh = KVCache(model.cfg.n_layer)
+    position fresh; their fresh clean keys/values replace the stale ones in the cache. Returns
+    this pass's idx, valid and logits."""
+    fresh = CleanCache(model.cfg.n_layer, len(rows), x.shape[1], x.device)
     idx, valid, logits = trimmed_pass(model, x[rows], keep[rows], masked[rows], rank[rows], attn, fresh)
-    cached[rows], fresh_valid = keep_clean(fresh, idx, valid, ~masked[rows])
+    fresh.keep(idx, valid, ~masked[rows])
     cache.replace_rows(rows, fresh)
-    cached_valid = pad_to(cached_valid, len(cache), 1)
-    cached_valid[rows] = pad_to(fresh_valid, len(cache), 1)
-    return idx, valid, logits, cached_valid
+    return idx, valid, logits
 
 
 def pass_result(logits, idx, valid, front, order, tokens_per_step, threshold, temperature, gen):
@@ -331,7 +356,7 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
     B, T = x.shape
     dev = x.device
     nfe = torch.zeros(B, device=dev); positions = torch.zeros(B, device=dev)
-    cache, cached, cached_valid, n_pass = None, None, None, 0   # cached [B, T]: positions whose keys/values are kept
+    cache, n_pass = None, 0
     ordered = attn == 'semi_causal_ordered'
     decoded_rank = torch.full((B, T), -1.0, device=dev) if ordered else None   # givens -1, then pass number
     confident = latent_ranks == 'confidence'
@@ -349,14 +374,13 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
         # an ordered model's cache is exact: filled on the first pass, then only appended to (r = -1)
         refresh = cache_refresh != 0 and refresh_due(-1 if ordered else cache_refresh, n_pass)
         reuse = cache_refresh != 0 and not refresh
-        clean = ~masked & ~cached if reuse else ~masked           # the clean positions this pass runs
+        clean = ~masked & ~cache.held if reuse else ~masked       # the clean positions this pass runs
         if refresh:
-            cache = KVCache(model.cfg.n_layer)
+            cache = CleanCache(model.cfg.n_layer, B, T, dev)
         # with reuse every query also sees the kept clean keys (clean sees clean)
-        idx, valid, logits = trimmed_pass(model, x, clean | front | latent, masked, rank, attn, cache,
-                                          cached_valid if reuse else None)
+        idx, valid, logits = trimmed_pass(model, x, clean | front | latent, masked, rank, attn, cache)
         if refresh or (reuse and (ordered or refresh_below > 0)):   # keep the clean positions' keys/values
-            cached, cached_valid = keep_clean(cache, idx, valid, clean, *((cached, cached_valid) if reuse else ()))
+            cache.keep(idx, valid, clean)
         n_pass += 1
         commit, new, sure = pass_result(logits, idx, valid, front, order, tokens_per_step, threshold,
                                         temperature, gen)
@@ -369,8 +393,8 @@ def decode_latent(model, x, attn='semi_causal', n_latent=0, order='random', toke
             if len(rows):
                 if trace is not None and rows[0] == 0:     # for --show: how sure the pass on the cache was
                     cache_use = ('doubt', float(sure[0][commit[0]].min()))
-                idx_r, valid_r, logits_r, cached_valid = rerun_fresh(
-                    model, x, rows, ~masked | front | latent, masked, rank, attn, cache, cached, cached_valid)
+                idx_r, valid_r, logits_r = rerun_fresh(model, x, rows, ~masked | front | latent, masked, rank,
+                                                       attn, cache)
                 commit[rows], new[rows], sure[rows] = pass_result(
                     logits_r, idx_r, valid_r, front[rows], order, tokens_per_step, threshold,
                     temperature, gen)

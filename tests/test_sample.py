@@ -4,7 +4,7 @@ import json, math, re, subprocess, sys
 import numpy as np
 import pytest
 import torch
-from model import KVCache, ModelConfig, Transformer, attention_mask
+from model import ModelConfig, Transformer, attention_mask
 import sample
 from sample import decode_latent, decode_mdm, evaluate
 from data import generate
@@ -649,45 +649,52 @@ def test_refresh_on_doubt_keeps_what_it_runs_exact_where_nothing_goes_stale(orde
 
 
 def test_replace_rows_swaps_in_a_fresh_cache_padded_to_the_longer():
-    cache, fresh = KVCache(1), KVCache(1)
+    from sample import CleanCache
+    cache, fresh = CleanCache(1, 3, 5, 'cpu'), CleanCache(1, 1, 5, 'cpu')
     cache.k[0], cache.v[0] = torch.ones(3, 1, 2, 1), 2 * torch.ones(3, 1, 2, 1)        # 3 rows, 2 kept each
+    cache.held[:, :2], cache.visible = True, torch.ones(3, 2, dtype=torch.bool)
     fresh.k[0], fresh.v[0] = 3 * torch.ones(1, 1, 4, 1), 4 * torch.ones(1, 1, 4, 1)    # row 1 anew: 4 kept
+    fresh.held[:, 1:], fresh.visible = True, torch.ones(1, 4, dtype=torch.bool)
     cache.replace_rows(torch.tensor([1]), fresh)
     assert cache.k[0][:, 0, :, 0].tolist() == [[1, 1, 0, 0], [3, 3, 3, 3], [1, 1, 0, 0]]
     assert cache.v[0][:, 0, :, 0].tolist() == [[2, 2, 0, 0], [4, 4, 4, 4], [2, 2, 0, 0]]
-    short = KVCache(1)                                  # a fresh cache shorter than the kept one
+    assert cache.visible.int().tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]]   # the padding unseen
+    assert cache.held.int().tolist() == [[1, 1, 0, 0, 0], [0, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    short = CleanCache(1, 1, 5, 'cpu')                  # a fresh cache shorter than the kept one
     short.k[0], short.v[0] = 5 * torch.ones(1, 1, 1, 1), 6 * torch.ones(1, 1, 1, 1)
+    short.held[:, 4], short.visible = True, torch.ones(1, 1, dtype=torch.bool)
     cache.replace_rows(torch.tensor([0]), short)
     assert cache.k[0][:, 0, :, 0].tolist() == [[5, 0, 0, 0], [3, 3, 3, 3], [1, 1, 0, 0]]
     assert cache.v[0][:, 0, :, 0].tolist() == [[6, 0, 0, 0], [4, 4, 4, 4], [2, 2, 0, 0]]
+    assert cache.visible.int().tolist() == [[1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]]
+    assert cache.held.int().tolist() == [[0, 0, 0, 0, 1], [0, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
 
 
 @torch.no_grad()
 def test_rerun_fresh_keeps_the_rows_fresh_keys_and_marks_the_padding():
     """Refresh on doubt's rerun: the rows rerun get the keys/values a pass with no cache gives,
-    `cached` and `cached_valid` say which of them are real, and the other rows keep theirs."""
-    from sample import rerun_fresh, trimmed_pass, keep_clean
+    the cache's `held` and `visible` say which of them are real, and the other rows keep theirs."""
+    from sample import CleanCache, rerun_fresh, trimmed_pass
     model, x = tiny_model(n_layer=2), puzzles(3)[1]
     masked = x == MASK
     rank = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
-    cache = KVCache(model.cfg.n_layer)
+    cache = CleanCache(model.cfg.n_layer, *x.shape, 'cpu')
     idx, valid, _ = trimmed_pass(model, x, ~masked, masked, rank, 'semi_causal', cache)
-    cached, cached_valid = keep_clean(cache, idx, valid, ~masked)
+    cache.keep(idx, valid, ~masked)
     before = [t.clone() for t in cache.k]
     x2 = x.clone()
     x2[1, masked[1].nonzero()[0, 0]] = TASK.vocab.index('1')   # row 1 commits a token: its cache is stale
     masked2 = x2 == MASK
     assert masked2.sum() == masked.sum() - 1
     rows = torch.tensor([1])
-    *_, cached_valid = rerun_fresh(model, x2, rows, ~masked2, masked2, rank, 'semi_causal',
-                                      cache, cached, cached_valid)
-    fresh = KVCache(model.cfg.n_layer)
+    rerun_fresh(model, x2, rows, ~masked2, masked2, rank, 'semi_causal', cache)
+    fresh = CleanCache(model.cfg.n_layer, 1, x.shape[1], 'cpu')
     idx_f, valid_f, _ = trimmed_pass(model, x2[rows], ~masked2[rows], masked2[rows], rank[rows], 'semi_causal', fresh)
-    _, fresh_valid = keep_clean(fresh, idx_f, valid_f, ~masked2[rows])
-    n = int(fresh_valid.sum())
-    assert torch.equal(cached[1], ~masked2[1]) and torch.equal(cached[[0, 2]], ~masked[[0, 2]])
-    assert int(cached_valid[1].sum()) == n == int((~masked2[1]).sum()) == cached_valid.shape[1]
-    assert torch.equal(cached_valid[[0, 2]].sum(1), (~masked[[0, 2]]).sum(1))       # padding not valid
+    fresh.keep(idx_f, valid_f, ~masked2[rows])
+    n = int(fresh.visible.sum())
+    assert torch.equal(cache.held[1], ~masked2[1]) and torch.equal(cache.held[[0, 2]], ~masked[[0, 2]])
+    assert int(cache.visible[1].sum()) == n == int((~masked2[1]).sum()) == cache.visible.shape[1] == len(cache)
+    assert torch.equal(cache.visible[[0, 2]].sum(1), (~masked[[0, 2]]).sum(1))       # padding not visible
     for i in range(model.cfg.n_layer):
         assert torch.equal(cache.k[i][1][:, :n], fresh.k[i][0][:, :n])
         assert torch.equal(cache.k[i][[0, 2]][:, :, :before[i].shape[2]], before[i][[0, 2]])
