@@ -267,7 +267,8 @@ class Sudoku(Task):
             raise ValueError(f'expected {n * n} cells for a {n}x{n} sudoku, got {len(problem)}')
         bad = set(problem) - set('123456789'[:n] + '.')
         if bad:
-            raise ValueError(f'characters outside the alphabet: {"".join(sorted(bad))!r}')
+            raise ValueError(f'characters outside the alphabet: {"".join(sorted(bad))!r} (a {n}x{n} puzzle '
+                             f"holds the digits 1 to {n} and '.' or '0' for a blank)")
         if sudoku_conflicts([0 if c == '.' else int(c) for c in problem], n):
             raise ValueError('the givens already conflict (same digit twice in a row, column or box)')
 

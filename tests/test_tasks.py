@@ -281,7 +281,8 @@ def test_sudoku_grids_written_over_several_lines(tmp_path):
     with pytest.raises(TaskFormatError, match=r'sudoku.txt:12: expected 81 cells'):
         read_examples(task, str(path))
     path.write_text(f'x{puzzles[0][1:]}\n')        # a one-line file starting with a letter is no title
-    with pytest.raises(TaskFormatError, match=r'sudoku.txt:1: characters outside the alphabet'):
+    with pytest.raises(TaskFormatError, match=r"sudoku.txt:1: characters outside the alphabet: 'x' \(a 9x9 "
+                                              r"puzzle holds the digits 1 to 9 and '\.' or '0' for a blank\)"):
         read_examples(task, str(path))
     path.write_text('\n'.join(euler[:25]) + '\n')     # grid 3 cut short after 4 rows: it begins on line 22
     with pytest.raises(TaskFormatError, match=r'sudoku.txt:22: expected 81 cells for a 9x9 sudoku, got 36'):
