@@ -42,13 +42,22 @@ COMPRESSED = {b'\x1f\x8b': ('gzip', gzip.decompress), b'BZh': ('bzip2', bz2.deco
               b'\xfd7zXZ\x00': ('xz', lzma.decompress), b'PK\x03\x04': ('zip', unzip)}   # first bytes -> format
 
 
+def shown(path):
+    """A file's name in messages: '-' is the standard input."""
+    return 'stdin' if path == '-' else path
+
+
 def read_lines(path):
-    """The lines of a text file, plain, compressed (gzip, bzip2, xz) or a zip holding one file
-    (public puzzle sets are often shipped compressed; told apart by their first bytes, not by the
-    name), with a byte-order mark dropped and line ends kept for the csv reader. Not UTF-8, or
-    damaged (a download cut short): TaskFormatError."""
-    with open(path, 'rb') as f:
-        data = f.read()
+    """The lines of a text file ('-': the standard input), plain, compressed (gzip, bzip2, xz) or
+    a zip holding one file (public puzzle sets are often shipped compressed; told apart by their
+    first bytes, not by the name), with a byte-order mark dropped and line ends kept for the csv
+    reader. Not UTF-8, or damaged (a download cut short): TaskFormatError."""
+    if path == '-':
+        data = sys.stdin.buffer.read()
+    else:
+        with open(path, 'rb') as f:
+            data = f.read()
+    path = shown(path)
     kind, decompress = next((v for magic, v in COMPRESSED.items() if data.startswith(magic)), (None, None))
     try:
         data = decompress(data) if kind else data
@@ -68,9 +77,9 @@ def read_examples(task, path, skip_bad=False, limit=None):
     of them (all if None; lines after the limit are not checked).
     A bad line raises TaskFormatError('path:line: reason'); with skip_bad=True bad lines are
     skipped and returned as a list of messages: (examples, errors). A file with no example to read
-    raises TaskFormatError too."""
+    raises TaskFormatError too. path '-' reads the standard input."""
     examples, errors = [], []
-    lines = read_lines(path)
+    lines, path = read_lines(path), shown(path)
     first = ''.join(lines[:1])
     delimiter = '\t' if '\t' in first and ',' not in first else ','     # CSV, or TSV
     header = next(csv.reader(lines[:1], delimiter=delimiter), [])

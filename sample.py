@@ -20,6 +20,7 @@ any decoder setting given on the command line overrides that.
     python sample.py --ckpt=out/mdm/ckpt.pt --threshold=0.999             # several tokens per pass
     python sample.py --ckpt=out/mdlm/ckpt.pt --n_latent=0 --cache_refresh=-1 --refresh_below=0.999   # cached, refreshed on doubt
     python sample.py --ckpt=out/mdlm/ckpt.pt --input=puzzles.txt --output=answers.txt
+    echo '.2..5..4...66.21.5....3....5.3.1....' | python sample.py --input=- --show   # a puzzle of your own
 The last line printed is one JSON object (accuracy, n, nfe_per_sample, positions_per_sample,
 seconds and the decoder settings). Sweeps of k and speed benchmarks live in reproduce.py.
 """
@@ -542,7 +543,7 @@ def evaluate(model, task, examples, attn, decoder=None, batch_size=256, device='
 class SampleConfig:
     ckpt: str = 'out/mdlm/ckpt.pt'     # the checkpoint; it fixes the task and the decoder
     show: bool = False               # print one example being decoded, with its latent tokens' guesses
-    input: str = ''                  # a file in the task's standard format
+    input: str = ''                  # a file in the task's standard format ('-': the standard input)
     output: str = ''                 # where to write the answers (same format)
     skip_bad: bool = False           # skip and report malformed input lines instead of stopping
     n: int = None                    # decode the first n examples (unset: 1000 of a split, all of --input)

@@ -1,6 +1,6 @@
 """sample.py: the trimmed latent pass is exact and commits what it claims; decoders' step counts;
 evaluation agrees with the verifier; file input/output; clear errors for bad input."""
-import json, math, re, subprocess, sys
+import io, json, math, re, subprocess, sys
 import numpy as np
 import pytest
 import torch
@@ -444,10 +444,11 @@ def test_standard_9x9_file_from_elsewhere_gives_a_solve_rate(tmp_path, capsys):
 
 
 
-def test_countdown_file_from_elsewhere_is_solved_and_written_in_our_format(tmp_path, capsys):
+def test_countdown_file_from_elsewhere_is_solved_and_written_in_our_format(tmp_path, capsys, monkeypatch):
     """d1's countdown_cd3_test.jsonl form (numbers in, target out) and the nums/target form,
     through a Countdown checkpoint: every line is decoded and written back as 'numbers,target'
-    with the model's answer, which verify scores."""
+    with the model's answer, which verify scores. The same lines on the standard input
+    (--input=-) give the same answers."""
     src = tmp_path / 'cd3.jsonl'
     src.write_text('{"input": "30,100,93", "output": "23"}\n{"nums": [4, 9, 2], "target": 18}\n'
                    '{"input": "15,44,79,50", "output": "44-15=29,79-29=50"}\n')
@@ -462,6 +463,9 @@ def test_countdown_file_from_elsewhere_is_solved_and_written_in_our_format(tmp_p
     assert [w['input'] for w in written] == ['30,100,93,23', '4,9,2,18', '15,44,79,50']
     task = get_task('countdown', n_numbers=3)
     assert result['n'] == 3 and result['accuracy'] == sum(task.verify(w['input'], w.get('output')) for w in written) / 3
+    monkeypatch.setattr(sys, 'stdin', io.TextIOWrapper(io.BytesIO(src.read_bytes())))
+    sample.main([f'--ckpt={tmp_path}/out/ckpt.pt', '--input=-', f'--output={tmp_path}/piped.jsonl'])
+    assert (tmp_path / 'piped.jsonl').read_text() == out.read_text()
 
 def test_confidence_scores_by_hand():
     from sample import score

@@ -1,5 +1,5 @@
 """tasks.py and data.py: generators verify, corruptions are rejected, formats round-trip, splits are disjoint."""
-import bz2, gzip, json, lzma, subprocess, sys, zipfile
+import bz2, gzip, io, json, lzma, subprocess, sys, zipfile
 import numpy as np
 import pytest
 from data import TaskFormatError, generate, load_splits, make_splits, paired_difference, read_examples, write_examples
@@ -224,6 +224,19 @@ def test_sudoku_standard_formats(tmp_path):
     for header, row in [('puzzle\tsolution', f'{problem}\t{answer}'), ('id\tquizzes', f'7\t{problem}')]:  # TSV
         csv_path.write_text(f'{header}\n{row}\n')
         assert read_examples(task, str(csv_path)) == [(problem, answer if 'solution' in header else None)], header
+
+
+def test_standard_input_reads_as_a_file_does(monkeypatch):
+    """path '-' is the standard input (one puzzle piped in, or a compressed file): read as the
+    same bytes in a file are, and a bad line is named 'stdin:LINE'."""
+    task = get_task('sudoku', size=9)
+    (problem, answer), = generate(task, 1, seed=0, workers=1)
+    stdin = lambda data: monkeypatch.setattr(sys, 'stdin', io.TextIOWrapper(io.BytesIO(data)))
+    stdin(gzip.compress(f'{problem}\n{problem},{answer}\n'.encode()))
+    assert read_examples(task, '-') == [(problem, None), (problem, answer)]
+    stdin(f'{problem}\n{problem[:80]}\n'.encode())
+    with pytest.raises(TaskFormatError, match=r'^stdin:2: expected 81 cells for a 9x9 sudoku, got 80$'):
+        read_examples(task, '-')
 
 
 def test_sudoku_grids_written_over_several_lines(tmp_path):
