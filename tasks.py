@@ -12,7 +12,7 @@ and (4) the task's standard text file format. Models only ever fill the answer p
 the prompt stays clean. Five tasks: sudoku, sudoku_gen, countdown, zebra, path_star.
 Files, splits and the command line are in data.py.
 """
-import inspect, json, math, re
+import ast, inspect, json, math, re
 import numpy as np
 
 PAD, MASK, SEP = 0, 1, 2          # special token ids shared by every task
@@ -351,10 +351,42 @@ class SudokuGen(Sudoku):
         return '\n'.join(self.grid(answer or '.' * self.n ** 2, marks))
 
 
+ARITHMETIC = {ast.Add: ('+', int.__add__), ast.Sub: ('-', int.__sub__), ast.Mult: ('*', int.__mul__),
+              ast.Div: ('/', int.__floordiv__)}
+
+
+def expression_steps(expression):
+    """A Countdown answer written as one expression ('(30 - (100 - 93))', or with '= 23' after
+    it: how TinyZero and d1 write answers) as the step list it stands for ('100-93=7,30-7=23'),
+    which verify then judges by the same rules (a number used twice, an inexact division, a value
+    below 0 fail there). None if it is not an expression of + - * / over integers, or what
+    follows '=' is not its value. Parsed, never run."""
+    left, _, right = expression.partition('=')
+    steps = []
+    def value(node):
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if not (isinstance(node, ast.BinOp) and type(node.op) in ARITHMETIC):
+            raise ValueError('not + - * / over integers')
+        a, b = value(node.left), value(node.right)
+        op, apply = ARITHMETIC[type(node.op)]
+        if op == '/' and b == 0:
+            raise ValueError('division by 0')
+        steps.append(f'{a}{op}{b}={apply(a, b)}')
+        return apply(a, b)
+    try:
+        result = value(ast.parse(left.strip(), mode='eval').body)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    return ','.join(steps) if steps and right.strip() in ('', str(result)) else None
+
+
 class Countdown(Task):
     """Reach the target with the given numbers and + - * /; every step an integer.
-    Problem 'n1,...,nk,target'; answer 'a-b=c,c*d=e,...'. Held-out targets: a fixed fifth of
-    the targets (by value) never appears in training data when heldout_targets is on."""
+    Problem 'n1,...,nk,target'; answer 'a-b=c,c*d=e,...' (a file's answer written as one
+    expression, with brackets or spaces, is read as its steps: expression_steps). Held-out
+    targets: a fixed fifth of the targets (by value) never appears in training data when
+    heldout_targets is on."""
     name = 'countdown'
     split_answer = re.compile(r'\d+|.')      # numbers are tokens: '80', '-', '58', '=', ...
     OPS = '+-*/'
@@ -438,7 +470,14 @@ class Countdown(Task):
             # in "input" and the target as "output" (ours: numbers and target in, steps out)
             obj = {'input': f"{obj['input']},{target}"}
         self.check_problem(obj['input'])
-        return obj['input'], obj.get('output') or None
+        answer = obj.get('output')
+        answer = None if answer in (None, '') else str(answer)
+        if answer and set(answer) & set('() '):
+            # brackets or spaces: an expression from elsewhere, read as its steps. An answer this
+            # repo's models could write (digits + - * / = ,) is read as written, so a file of
+            # sample.py's answers reads back scoring as sample.py scored it
+            answer = expression_steps(answer) or answer
+        return obj['input'], answer
 
     def format_line(self, problem, answer=None):
         return json.dumps({'input': problem, 'output': answer} if answer is not None else {'input': problem})

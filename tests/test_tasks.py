@@ -149,6 +149,17 @@ def test_countdown_reads_the_public_jsonl_forms():
     assert task.parse_line('{"input": "15,44,79", "output": "50"}') == ('15,44,79,50', None)   # d1's test file
     assert task.parse_line('{"input": "15,44,79", "output": 50}') == ('15,44,79,50', None)
     assert task.parse_line('{"input": "15,44,79,50", "output": "50"}') == ('15,44,79,50', '50')  # an answer, as written
+    # an answer written as one expression (TinyZero, d1) is read as the steps it stands for, and
+    # verify judges those: a number used twice, an inexact division, a value below 0 fail
+    for output, steps, right in [('(79 - 44) + 15', '79-44=35,35+15=50', True),
+                                 ('79-(44-15) = 50', '44-15=29,79-29=50', True),
+                                 ('(15 - 44) + 79', '15-44=-29,-29+79=50', False),     # below 0
+                                 ('79 - 15 - 15 + 1', '79-15=64,64-15=49,49+1=50', False),   # 15 twice, no 1
+                                 ('(79 + 15) / 44 + 48', '79+15=94,94/44=2,2+48=50', False)]:   # inexact
+        problem, answer = task.parse_line(json.dumps({'nums': [15, 44, 79], 'target': 50, 'output': output}))
+        assert (problem, answer, task.verify(problem, answer)) == ('15,44,79,50', steps, right), output
+    for kept in ('79-(44-15) = 49', '(79 - 44) ** 2', "__import__('os')", '44+6', '(30 / 0)'):   # as written
+        assert task.parse_line(json.dumps({'input': '15,44,79,50', 'output': kept}))[1] == kept
     for bad in ('{"target": 50, "nums": [15, 44]}', '{"input": 15}', '[15, 44, 79, 50]',
                 '{"input": "15,44", "output": "50"}', '{"input": "15,44,79", "output": "44-15=29"}'):
         with pytest.raises(ValueError):
