@@ -193,7 +193,7 @@ def decode_mdm(model, x, attn='full', order='top_prob', tokens_per_step=1, n_can
             logits, _ = model(x, attn_mask=attention_mask(attn, masked), cache=cache)
             if cache is not None:       # slot i holds position i; masked positions' keys/values are
                 cache.commit(T)         # kept too, never seen (dropping them measured no faster on 9x9)
-                cache.held = cache.visible = ~masked
+                cache.held, cache.visible = ~masked, ~masked
             ran = torch.full((B,), T, device=x.device)
         else:   # the positions not kept, in order, padded; they see the kept keys and each other
             held = cache.held
@@ -704,6 +704,8 @@ def main(argv):
         'method': 'the decoder follows from the checkpoint\'s attention structure'})
     if (cfg.n is not None and cfg.n < 1) or cfg.batch_size < 1:
         raise SystemExit(f'error: --n and --batch_size must be at least 1, got {cfg.n} and {cfg.batch_size}')
+    if cfg.output == '-':
+        raise SystemExit('error: --output=- would mix the answers with the summary sample.py prints: name a file')
     if cfg.input:
         refuse_unused(cfg, ['split'], '--input', "it decodes the file, not a split of the checkpoint's data")
     else:

@@ -135,6 +135,7 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('train_ar_mtp', ['--mtp_window=-1', '--max_iters=0'], 'max_iters must be at least 1'),
     ('train_ar_mtp', ['--mtp_window=-3'], 'mtp_window must be 0 (AR), a window W > 0 or -1 (all)'),
     ('sample', ['--n=-5'], '--n and --batch_size must be at least 1, got -5'),    # was: all but the last 5
+    ('sample', ['--output=-'], '--output=- would mix the answers with the summary'),   # was: a file named '-'
     ('sample', ['--n=1.5'], "bad value '1.5' for n (expected int)"),         # unset, was: guessed a float
     ('sample', ['--n_candidates=1.5'], "bad value '1.5' for n_candidates (expected int)"),   # was: decoded
     ('reproduce', ['--seeds=0,a'], "--seeds must be a comma-separated list of integers, got '0,a'"),
