@@ -351,8 +351,9 @@ class SudokuGen(Sudoku):
         return '\n'.join(self.grid(answer or '.' * self.n ** 2, marks))
 
 
-ARITHMETIC = {ast.Add: ('+', int.__add__), ast.Sub: ('-', int.__sub__), ast.Mult: ('*', int.__mul__),
-              ast.Div: ('/', int.__floordiv__)}
+# Countdown's operations: a step 'a op b=c' has c = STEP_OPS[op](a, b); AST_OPS names them as Python parses them
+STEP_OPS = {'+': int.__add__, '-': int.__sub__, '*': int.__mul__, '/': int.__floordiv__}
+AST_OPS = {ast.Add: '+', ast.Sub: '-', ast.Mult: '*', ast.Div: '/'}
 
 
 def expression_steps(expression):
@@ -366,14 +367,14 @@ def expression_steps(expression):
     def value(node):
         if isinstance(node, ast.Constant) and type(node.value) is int:
             return node.value
-        if not (isinstance(node, ast.BinOp) and type(node.op) in ARITHMETIC):
+        if not (isinstance(node, ast.BinOp) and type(node.op) in AST_OPS):
             raise ValueError('not + - * / over integers')
-        a, b = value(node.left), value(node.right)
-        op, apply = ARITHMETIC[type(node.op)]
+        a, b, op = value(node.left), value(node.right), AST_OPS[type(node.op)]
         if op == '/' and b == 0:
             raise ValueError('division by 0')
-        steps.append(f'{a}{op}{b}={apply(a, b)}')
-        return apply(a, b)
+        c = STEP_OPS[op](a, b)
+        steps.append(f'{a}{op}{b}={c}')
+        return c
     try:
         result = value(ast.parse(left.strip(), mode='eval').body)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -389,7 +390,6 @@ class Countdown(Task):
     heldout_targets is on."""
     name = 'countdown'
     split_answer = re.compile(r'\d+|.')      # numbers are tokens: '80', '-', '58', '=', ...
-    OPS = '+-*/'
 
     def __init__(self, n_numbers=4, max_number=50, max_target=100, max_value=999, heldout_targets=False):
         if not 3 <= n_numbers <= 5:
@@ -412,10 +412,10 @@ class Countdown(Task):
             while len(pool) > 1:
                 i, j = rng.choice(len(pool), 2, replace=False)
                 a, b = pool[i], pool[j]
-                op = self.OPS[rng.integers(4)]
+                op = list(STEP_OPS)[rng.integers(4)]
                 if op == '-' and a < b: a, b = b, a
                 if op == '/' and (b == 0 or a % b): continue
-                c = {'+': a + b, '-': a - b, '*': a * b, '/': a // b if b else 0}[op]
+                c = STEP_OPS[op](a, b)
                 if c > self.max_value: continue
                 steps.append(f'{a}{op}{b}={c}')
                 pool = [x for k, x in enumerate(pool) if k not in (i, j)] + [c]
@@ -438,7 +438,7 @@ class Countdown(Task):
                 if x not in pool: return False             # each number (or result) used once
                 pool.remove(x)
             if op == '/' and (b == 0 or a % b): return False
-            if c != {'+': a + b, '-': a - b, '*': a * b, '/': a // b if b else -1}[op]: return False
+            if c != STEP_OPS[op](a, b): return False
             pool.append(c); value = c
         return value == target
 
@@ -464,20 +464,19 @@ class Countdown(Task):
         if not isinstance(obj, dict) or not isinstance(obj.get('input'), str):
             raise ValueError('expected an object with "input" (and optionally "output"), '
                              'or with "nums" (or "numbers") and "target"')
-        target = str(obj.get('output'))
-        if target.isdigit() and len(obj['input'].split(',')) == self.options['n_numbers']:
+        problem, answer = obj['input'], obj.get('output')
+        answer = None if answer in (None, '') else str(answer)
+        if answer and answer.isdigit() and len(problem.split(',')) == self.options['n_numbers']:
             # d1's countdown_cd3_test.jsonl: {"input": "30,100,93", "output": "23"}, the numbers
             # in "input" and the target as "output" (ours: numbers and target in, steps out)
-            obj = {'input': f"{obj['input']},{target}"}
-        self.check_problem(obj['input'])
-        answer = obj.get('output')
-        answer = None if answer in (None, '') else str(answer)
+            problem, answer = f'{problem},{answer}', None
+        self.check_problem(problem)
         if answer and set(answer) & set('() '):
             # brackets or spaces: an expression from elsewhere, read as its steps. An answer this
             # repo's models could write (digits + - * / = ,) is read as written, so a file of
             # sample.py's answers reads back scoring as sample.py scored it
             answer = expression_steps(answer) or answer
-        return obj['input'], answer
+        return problem, answer
 
     def format_line(self, problem, answer=None):
         return json.dumps({'input': problem, 'output': answer} if answer is not None else {'input': problem})
