@@ -385,7 +385,8 @@ def expression_steps(expression):
 class Countdown(Task):
     """Reach the target with the given numbers and + - * /; every step an integer.
     Problem 'n1,...,nk,target'; answer 'a-b=c,c*d=e,...' (a file's answer written as one
-    expression, with brackets or spaces, is read as its steps: expression_steps). Held-out
+    expression, with brackets or spaces, is read as its steps: expression_steps; a list of steps,
+    Stream of Search's "solution", as the steps joined). Held-out
     targets: a fixed fifth of the targets (by value) never appears in training data when
     heldout_targets is on."""
     name = 'countdown'
@@ -463,8 +464,12 @@ class Countdown(Task):
             obj = dict(obj, input=','.join(map(str, nums + [obj['target']])))
         if not isinstance(obj, dict) or not isinstance(obj.get('input'), str):
             raise ValueError('expected an object with "input" (and optionally "output"), '
-                             'or with "nums" (or "numbers") and "target"')
+                             'or with "nums" (or "numbers") and "target" (and optionally "solution")')
         problem, answer = obj['input'], obj.get('output')
+        solution = obj.get('solution')
+        if answer is None and isinstance(solution, list) and all(isinstance(s, str) for s in solution):
+            # Stream of Search's files: "solution": ["44-15=29", "79-29=50"], our steps as a list
+            answer = ','.join(solution)
         answer = None if answer in (None, '') else str(answer)
         if answer and answer.isdigit() and len(problem.split(',')) == self.options['n_numbers']:
             # d1's countdown_cd3_test.jsonl: {"input": "30,100,93", "output": "23"}, the numbers

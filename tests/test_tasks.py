@@ -158,6 +158,12 @@ def test_countdown_reads_the_public_jsonl_forms():
                                  ('(79 + 15) / 44 + 48', '79+15=94,94/44=2,2+48=50', False)]:   # inexact
         problem, answer = task.parse_line(json.dumps({'nums': [15, 44, 79], 'target': 50, 'output': output}))
         assert (problem, answer, task.verify(problem, answer)) == ('15,44,79,50', steps, right), output
+    # Stream of Search's files: the steps as a list under "solution", judged by the same verify
+    sos = {'nums': [15, 44, 79], 'target': 50, 'search_path': 'Current State: 50:[15, 44, 79] ...'}
+    for solution, right in [(['44-15=29', '79-29=50'], True), (['44+15=59', '79-59=20'], False)]:
+        problem, answer = task.parse_line(json.dumps(dict(sos, solution=solution)))
+        assert (problem, answer, task.verify(problem, answer)) == ('15,44,79,50', ','.join(solution), right)
+    assert task.parse_line(json.dumps(dict(sos, solution=['44-15=29'], output='79-15=64')))[1] == '79-15=64'
     for kept in ('79-(44-15) = 49', '(79 - 44) ** 2', "__import__('os')", '44+6', '(30 / 0)'):   # as written
         assert task.parse_line(json.dumps({'input': '15,44,79,50', 'output': kept}))[1] == kept
     for bad in ('{"target": 50, "nums": [15, 44]}', '{"input": 15}', '[15, 44, 79, 50]',
