@@ -50,12 +50,22 @@ def parse_settings(cfg, argv, extra=(), refuse=None):
             raise SystemExit(f'error: unexpected argument {arg!r}; use --key=value')
         key, eq, value = arg[2:].partition('=')
         if key == 'preset':
-            path = value if os.path.exists(value) else os.path.join(os.path.dirname(__file__), 'presets', value + '.json')
+            presets = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'presets')
+            # a path, or a name in presets/ (with or without .json)
+            path = next((p for p in (value, os.path.join(presets, value), os.path.join(presets, value + '.json'))
+                         if os.path.isfile(p)), None)
+            if path is None:
+                names = sorted(n[:-5] for n in os.listdir(presets) if n.endswith('.json'))
+                raise SystemExit(f'error: no preset {value!r}: not a file, nor a name in presets/ '
+                                 f'({", ".join(names)})')
             try:
                 with open(path) as f:
                     preset = json.load(f)
             except (OSError, json.JSONDecodeError) as e:
                 raise SystemExit(f'error: cannot read preset {value!r}: {e}')
+            if not isinstance(preset, dict):
+                raise SystemExit(f'error: preset {value!r} must hold one JSON object of settings, '
+                                 '{"key": value, ...}')
             for k, v in preset.items():
                 set_(k, v, path)
         else:

@@ -130,6 +130,10 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('train_mdlm', ['--batch_size=0'], 'batch_size and grad_accum must be at least 1'),  # was: "diverged"
     ('train_mdlm', ['--eps=2'], 'eps must be between 0 and 1'),
     ('train_mdlm', ['--bench', '--n_head=5'], 'n_embd (128) must be a multiple of 2 x n_head (5)'),
+    ('train_mdlm', ['--bench', '--n_layer=0'], 'n_layer, n_head and n_embd must be at least 1'),   # was: n_embd
+    ('train_mdlm', ['--bench', 'presets/sudoku9.json'], "no preset 'presets/sudoku9.json': not a file, nor a name "
+                                                         'in presets/ (sudoku9_cpu, sudoku9_gpu, tiny_test)'),
+    ('train_mdlm', ['--bench', 'tiny_test.json', '--foo=1'], "unknown setting 'foo'"),   # the preset found in presets/
     ('train_mdlm', ['--bench', '--max_iters=5', '--size=9', '--attn=full'], '--bench does not use --max_iters, --attn'),  # was: ignored
     ('train_mdlm', ['--preset=sudoku9_cpu', '--bench', '--out_dir=x'], '--bench does not use --out_dir'),   # the preset's keys are fine
     ('train_ar_mtp', ['--mtp_window=-1', '--max_iters=0'], 'max_iters must be at least 1'),
