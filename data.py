@@ -8,7 +8,7 @@ content-disjoint train/val/test splits cached on disk, and the command line.
     python data.py --task=zebra --show --n=1
     python data.py --bench                                        # examples generated per second
 """
-import bz2, csv, gzip, hashlib, io, json, lzma, math, os, re, sys, time, zipfile, zlib
+import bz2, csv, gzip, hashlib, io, json, lzma, math, os, re, sys, tempfile, time, zipfile, zlib
 from collections import Counter
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -164,7 +164,29 @@ def sudoku_grids(lines, n):
     if block: yield start, ''.join(block)
 
 
+def check_writable(path, what, purpose, folder=False):
+    """A file or folder (`folder`: one to be made, as out_dir) that cannot be written is an error
+    now, not after minutes of work. The nearest existing folder on the path must take a file: one is
+    made there and removed at once (so nothing is left), which finds a read-only disk too, where the
+    permission bits alone would say yes (to root, they always do). Missing folders are made later."""
+    full = os.path.abspath(path)
+    if not folder and os.path.isdir(full):
+        raise SystemExit(f'error: {what} {path!r} is a folder: name a file to {purpose}')
+    nearest = full if folder else os.path.dirname(full)
+    while not os.path.exists(nearest):
+        nearest = os.path.dirname(nearest)
+    if not os.path.isdir(nearest):
+        raise SystemExit(f'error: {what} {path!r} cannot {purpose}: {nearest} is a file')
+    try:
+        tempfile.TemporaryFile(dir=nearest).close()
+    except OSError as e:
+        raise SystemExit(f'error: {what} {path!r} cannot {purpose}: {nearest} is not writable ({e.strerror})')
+
+
 def write_examples(task, path, examples):
+    """One line per example, in the task's file format; written whole or not at all (a .tmp file,
+    then renamed), in a folder made if missing."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f'{path}.tmp'
     with open(tmp, 'w') as f:
         for problem, answer in examples:
@@ -334,6 +356,8 @@ def main(argv):
         return
     if args.n < 1:
         sys.exit(f'error: --n must be at least 1, got {args.n}')
+    if args.out:
+        check_writable(args.out, '--out', 'hold the examples')
     try:
         examples = generate(task, args.n, args.seed, args.split, progress=True)
     except ValueError as e:                    # an unknown split, or a task that cannot make these examples

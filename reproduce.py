@@ -46,7 +46,7 @@ from tasks import MASK, get_task
 from train_ar_mtp import ARConfig, objective
 from train_mdlm import TrainConfig, load_data, train
 from configurator import changed_settings, parse_settings, parse_value, refuse_unused
-from data import paired_difference
+from data import check_writable, paired_difference
 from utils import load_checkpoint, pick_device
 
 # C3 models: name -> the settings that differ (train_ar_mtp.objective turns them into loss,
@@ -604,6 +604,7 @@ def main(argv):
                          '(leave --processes at 1)')
     scale = SCALES[cfg.scale]
     n_test, seeds = scale['n_test'], [int(s) for s in cfg.seeds.split(',')]
+    check_writable(cfg.out, '--out', 'hold the results', folder=True)
     os.makedirs(cfg.out, exist_ok=True)
     t_start, rows, sweeps = time.time(), [], []
     # where the time goes (written to summary.json as it is)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 from model import KVCache, attention_mask
-from data import SPLITS, TaskFormatError, load_splits, read_examples, write_examples
+from data import SPLITS, TaskFormatError, check_writable, load_splits, read_examples, write_examples
 from tasks import MASK, SEP, get_task
 from configurator import parse_settings, refuse_unused
 from utils import autocast, load_checkpoint, resolve_system
@@ -713,6 +713,8 @@ def main(argv):
     if cfg.show:
         refuse_unused(cfg, ['output', 'n', 'batch_size'], '--show', 'it decodes one example, the first, '
                       'prints it and writes no answers')
+    if cfg.output:
+        check_writable(cfg.output, '--output', 'hold the answers')
     device, dtype, _ = resolve_system(cfg.device, cfg.dtype)
     model, ckpt = load_checkpoint(cfg.ckpt, device)
     task = get_task(**ckpt['task_config'])

@@ -14,7 +14,7 @@ this loop with its own loss.
     python train_mdlm.py --bench                           # training tokens/s against a plain GPT
     torchrun --standalone --nproc_per_node=2 train_mdlm.py # data-parallel, one process per device
 """
-import copy, dataclasses, math, os, statistics, sys, tempfile, time
+import copy, dataclasses, math, os, statistics, sys, time
 from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 from model import ATTNS, INIT_STD, ModelConfig, Transformer, attend, attention_mask
 from sample import ATTN_METHOD, default_decoder, evaluate
-from data import load_splits
+from data import check_writable, load_splits
 from tasks import MASK, TASKS, get_task, task_options
 from configurator import parse_settings, refuse_unused
 from utils import autocast, load_checkpoint, resolve_system, save_checkpoint
@@ -152,22 +152,6 @@ def check_settings(cfg):
             raise SystemExit(f'error: {why}')
 
 
-def check_out_dir(out_dir):
-    """A folder checkpoints cannot go to is an error now, not at the first checkpoint after minutes of
-    training. The nearest existing folder on the path must take a file: one is made there and
-    removed at once (so nothing is left), which finds a read-only disk too, where the permission
-    bits alone would say yes (to root, they always do)."""
-    path = os.path.abspath(out_dir)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    if not os.path.isdir(path):
-        raise SystemExit(f'error: out_dir {out_dir!r} cannot hold checkpoints: {path} is a file')
-    try:
-        tempfile.TemporaryFile(dir=path).close()
-    except OSError as e:
-        raise SystemExit(f'error: out_dir {out_dir!r} cannot hold checkpoints: {path} is not writable ({e.strerror})')
-
-
 # ----------------------------------------------------------------------------------------------
 # The masked diffusion loss (MDLM, Sahoo et al. 2024), log-linear schedule alpha_t = 1 - t:
 #
@@ -272,7 +256,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
     if attn not in ATTNS:
         raise SystemExit(f'error: unknown attn {attn!r}; choose from {ATTNS}')
     check_settings(cfg)
-    check_out_dir(cfg.out_dir)
+    check_writable(cfg.out_dir, 'out_dir', 'hold checkpoints', folder=True)
     decoder = decoder or default_decoder(attn)
     device, dtype, use_compile = resolve_system(cfg.device, cfg.dtype, cfg.compile)
     rank, world, device, joined = setup_ddp(device)

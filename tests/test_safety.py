@@ -192,6 +192,23 @@ def test_an_out_dir_that_cannot_hold_checkpoints_is_refused_before_any_work(tmp_
     assert os.listdir(tmp_path) == ['taken']
 
 
+@pytest.mark.parametrize('script,args,message', [
+    ('sample', ['--ckpt=none.pt', '--output=taken/answers.txt'], "--output 'taken/answers.txt' cannot hold the answers: "
+                                                               '.*taken is a file'),   # was: decoded, then a traceback
+    ('sample', ['--ckpt=none.pt', '--output=.'], "--output '.' is a folder: name a file"),
+    ('data', ['--size=4', '--out=taken/puzzles.txt'], "--out 'taken/puzzles.txt' cannot hold the examples"),
+    ('data', ['--size=4', '--out=.'], "--out '.' is a folder"),           # was: a file '..tmp' left behind
+    ('reproduce', ['--scale=smoke', '--out=taken'], "--out 'taken' cannot hold the results: .*taken is a file"),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(script, args, message, tmp_path, monkeypatch):
+    """Refused before the checkpoint is even read (so none is needed here), and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'taken').write_text('a file, not a folder')
+    with pytest.raises(SystemExit, match=message):
+        importlib.import_module(script).main(args)
+    assert os.listdir(tmp_path) == ['taken']
+
+
 def test_an_out_dir_on_which_no_file_can_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
     """A folder without write permission, or (as root, whom permission bits never stop) on a
     read-only disk: refused at once, and nothing is written. Was: os.access, which says yes to root."""
