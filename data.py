@@ -81,7 +81,7 @@ def read_examples(task, path, skip_bad=False, limit=None):
     examples, errors = [], []
     lines, path = read_lines(path), shown(path)
     first = ''.join(lines[:1])
-    delimiter = '\t' if '\t' in first and ',' not in first else ','     # CSV, or TSV
+    delimiter = next((d for d in ',\t;' if d in first), ',')      # CSV, TSV, or CSV as Excel writes it in Europe
     header = next(csv.reader(lines[:1], delimiter=delimiter), [])
     column = lambda words: next((h for h in header if any(w in h.strip().lower() for w in words)), None)
     pcol, scol = column(PUZZLE_COLUMNS), column(SOLUTION_COLUMNS)

@@ -238,7 +238,8 @@ def test_sudoku_standard_formats(tmp_path):
                         ('"id", "Puzzle", "Solution"', f'0,{problem},{answer}')]:       # quoted, spaced
         csv_path.write_text(f'{header}\n{row}\n')
         assert read_examples(task, str(csv_path)) == [(problem, answer if ',' in header else None)], header
-    for header, row in [('puzzle\tsolution', f'{problem}\t{answer}'), ('id\tquizzes', f'7\t{problem}')]:  # TSV
+    for header, row in [('puzzle\tsolution', f'{problem}\t{answer}'), ('id\tquizzes', f'7\t{problem}'),   # TSV
+                        ('id;puzzle;solution', f'7;{problem};{answer}')]:      # as Excel writes CSV in Europe
         csv_path.write_text(f'{header}\n{row}\n')
         assert read_examples(task, str(csv_path)) == [(problem, answer if 'solution' in header else None)], header
 
