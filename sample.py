@@ -629,7 +629,8 @@ def show(model, task, problem, attn, decoder, device):
     also says whether its clean cells ran fresh or came from the cache, and with refresh_below,
     where doubt ran the pass again, how sure the pass on the cache was.
     AR+MTP: the answer so far, the token this step writes in [brackets], then the guesses of the
-    latent positions after it (the rest of its window)."""
+    latent positions after it (the rest of its window). Last, whether the answer verifies, and if
+    not, why, where the task can tell (path-star: the wrong arm taken, or steps off the edges)."""
     if decoder['method'] not in ('latent', 'mdm', 'ar_mtp'):
         raise SystemExit('error: --show draws latent tokens: use a diffusion or an AR+MTP checkpoint')
     settings = {k: v for k, v in decoder.items() if k != 'method'}
@@ -671,7 +672,9 @@ def show(model, task, problem, attn, decoder, device):
                        for c in sorted(marks)]
             print(f'latent guesses (cell:guess/final): {", ".join(guesses)}' if guesses else '', end='\n\n')
     answer = task.decode_answer(out[0].cpu().numpy())
-    print(f'answer {"verifies" if task.verify(problem, answer) else "is WRONG"}: {answer}')
+    why = task.failure(problem, answer)          # path-star tells the Clever-Hans guess from the rest
+    verdict = 'verifies' if why is None else 'is WRONG' + ('' if why == 'invalid' else f' ({why})')
+    print(f'answer {verdict}: {answer}')
 
 
 def checkpoint_examples(ckpt, split='test', n=None):

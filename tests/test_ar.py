@@ -184,6 +184,22 @@ def test_show_draws_each_ar_mtp_step_with_its_latent_guesses(capsys):
         assert len(guesses.split()) == min(2, len(written) - i - 1)
 
 
+def test_show_says_why_a_path_star_answer_fails(capsys):
+    """--show's last line: where the task can tell why an answer fails (path-star: the wrong arm,
+    steps off the edges), the reason, as `data.py --check` counts it."""
+    import sample
+    task = get_task('path_star', degree=2, arm_length=3, n_nodes=10)
+    torch.manual_seed(0)                                            # an untrained model: a wrong answer
+    model = Transformer(ModelConfig(vocab_size=len(task.vocab), block_size=task.seq_len, n_layer=1, n_head=2,
+                                    n_embd=32)).eval()
+    (problem, _), = generate(task, 1, seed=0, workers=1)
+    sample.show(model, task, problem, 'prefix', dict(sample.DECODERS['ar_mtp'][1], method='ar_mtp', window=2), 'cpu')
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    answer = last.split(': ', 1)[1]
+    why = task.failure(problem, answer)
+    assert why not in (None, 'invalid') and last == f'answer is WRONG ({why}): {answer}'
+
+
 def test_ar_loss_hand_computed():
     ids = torch.tensor([[3, 4, 5, 6]])
     answer = torch.tensor([[False, False, True, True]])
