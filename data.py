@@ -120,11 +120,12 @@ GRID_TITLE = re.compile(r'(grid|puzzle|sudoku)\b', re.IGNORECASE)     # 'Grid 01
 def grid_row(line):
     """A line of a grid file as its cells (spaces and the '|' between boxes dropped); None for a
     line between puzzles: blank, a '#' comment, a title such as 'Grid 01', or a ruler of '='
-    (Norvig's easy50.txt); '' for a box border (sudoku_grids passes it over where one belongs)."""
+    (Norvig's easy50.txt); '' for a box border (sudoku_grids passes it over where one belongs),
+    Simple Sudoku's frame '*-----------*' included."""
     row = ''.join(line.split())
     if not row or row.startswith('#') or GRID_TITLE.match(line.strip()) or not row.strip('='):
         return None
-    return '' if not row.strip('-+|') else row.replace('|', '')     # '------+------' is a border
+    return '' if not row.strip('-+|*') else row.replace('|', '')     # '------+------' is a border
 
 
 def is_grid_file(lines, n):

@@ -289,6 +289,11 @@ def test_sudoku_grids_written_over_several_lines(tmp_path):
         '+-------+-------+-------+']                                      # a frame around every box
     path.write_text('\n'.join(line for p in puzzles for line in framed(p)) + '\n')
     assert read_examples(task, str(path)) == [(p, None) for p in puzzles]
+    simple = lambda p: ['*-----------*', *[line for b in (0, 3, 6) for line in [
+        *['|' + '|'.join(r[c:c + 3] for c in (0, 3, 6)) + '|' for r in rows(p)[b:b + 3]], '|---+---+---|']][:-1],
+        '*-----------*']                                                  # Simple Sudoku's .ss
+    path.write_text('\n'.join(line for p in puzzles for line in simple(p)) + '\n')
+    assert read_examples(task, str(path)) == [(p, None) for p in puzzles]
     lines = '\n'.join(boxed(puzzles[0])).splitlines()
     path.write_text('\n'.join(lines[:3] + lines[4:]) + '\n')           # a border left out changes nothing
     assert read_examples(task, str(path)) == [(puzzles[0], None)]
