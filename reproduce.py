@@ -40,7 +40,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import torch
 from tqdm import tqdm
 from sample import (DECODERS, checkpoint_examples, choose_tokens, commit_rule, decoder_value_ok, evaluate,
-                    load_examples, random_subset)
+                    load_examples, random_subset, wide_float)
 from model import attention_mask
 from tasks import MASK, get_task
 from train_ar_mtp import ARConfig, objective
@@ -375,7 +375,7 @@ def calibration(model, ckpt, taus, task, examples, path, device, seed=0, batch_s
             chunk = examples[i:i + batch_size]
             x = torch.from_numpy(task.encode_batch([(p, None) for p, _ in chunk])[0]).to(device)
             solution = torch.from_numpy(task.encode_batch(chunk)[0]).to(device)
-            log_p.append(torch.zeros(len(x), dtype=torch.float64, device=device))
+            log_p.append(torch.zeros(len(x), dtype=wide_float(device), device=device))
             wrong.append(torch.zeros(len(x), device=device))
             while (x == MASK).any():
                 masked = x == MASK
@@ -387,8 +387,8 @@ def calibration(model, ckpt, taus, task, examples, path, device, seed=0, batch_s
                 confidence.append(c[commit]); right.append(ok[commit])
                 log_p[-1] += (c.log() * commit).sum(1); wrong[-1] += (commit & ~ok).sum(1)
                 x = torch.where(commit, solution, x)
-        log_p, wrong = torch.cat(log_p), torch.cat(wrong)
-        confidence, right = torch.cat(confidence), torch.cat(right)
+        log_p, wrong = torch.cat(log_p).cpu(), torch.cat(wrong).cpu()   # to the CPU: the means below are float64
+        confidence, right = torch.cat(confidence).cpu(), torch.cat(right).cpu()
         for lo, hi in zip(CONFIDENCE_BINS, CONFIDENCE_BINS[1:]):     # the last bin includes 1
             inside = (confidence >= lo) & ((confidence < hi) | (hi == 1))
             if inside.any():

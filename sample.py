@@ -37,17 +37,22 @@ from configurator import parse_settings, refuse_unused
 from utils import autocast, load_checkpoint, resolve_system
 
 
+def wide_float(device):
+    """float64, where probabilities are computed and sampled (in low precision, rare tokens get
+    probability exactly 0 or are over-sampled); float32 on Apple's MPS, which has no float64."""
+    return torch.float32 if torch.device(device).type == 'mps' else torch.float64
+
+
 def choose_tokens(logits, temperature, gen):
-    """Token and its probability per position. temperature 0 = greedy. Sampling is done in
-    float64: in low precision, rare tokens get probability exactly 0 or are over-sampled."""
-    logits = logits.double()
+    """Token and its probability per position. temperature 0 = greedy. Computed in wide_float."""
+    logits = logits.to(wide_float(logits.device))
     logits[..., [MASK, SEP]] = -math.inf                  # never emit control tokens
     probs = logits.softmax(-1)
     if temperature == 0:
         token = probs.argmax(-1)
     else:
         noisy = (logits / temperature).softmax(-1)
-        u = torch.rand(noisy.shape, generator=gen, device=noisy.device, dtype=torch.float64)
+        u = torch.rand(noisy.shape, generator=gen, device=noisy.device, dtype=noisy.dtype)
         token = (noisy.log() - (-u.clamp_min(1e-30).log()).log()).argmax(-1)     # Gumbel-max
     return token, probs
 
@@ -561,7 +566,7 @@ class SampleConfig:
     refresh_below: float = None      # latent, with a cache: a pass about to commit a token less sure than this reruns fresh (0 = off)
     latent_ranks: str = None         # latent: random (the paper's) | confidence (ours: the latent chain easiest first)
     batch_size: int = 256            # examples decoded together
-    device: str = 'auto'             # auto | cpu | cuda | mps
+    device: str = 'auto'             # auto (cuda, else cpu) | cpu | cuda | mps (untried)
     dtype: str = 'float32'           # float32 | bfloat16 | float16 | auto (bf16 where supported): autocast while decoding
     seed: int = 0                    # random orders, candidates and sampling
 

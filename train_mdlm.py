@@ -71,7 +71,7 @@ class TrainConfig:
     resume: bool = False              # continue out_dir/ckpt.pt exactly (data order, optimizer state)
     grad_accum: int = 1               # batch_size is split into this many steps per process
     # system
-    device: str = 'auto'              # auto | cpu | cuda | mps (under torchrun: one device per process)
+    device: str = 'auto'              # auto (cuda, else cpu) | cpu | cuda | mps (untried); torchrun: a device a process
     dtype: str = 'auto'               # auto (bf16 where supported) | bfloat16 | float16 | float32
     compile: str = 'auto'             # auto (on for CUDA) | true | false
     seed: int = 0                     # initial weights, dropout, batch order and masking noise

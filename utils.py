@@ -17,10 +17,12 @@ DTYPES = ('auto', 'bfloat16', 'float16', 'float32')
 
 
 def pick_device(device='auto'):
-    """'auto': cuda, else mps, else cpu. Any other name must be a device this machine has: a
-    clear error here, not a traceback from the first tensor moved there."""
+    """'auto': cuda, else cpu. Apple's MPS only when named (--device=mps): no run of this repo has
+    been made there, and it lacks float64, which sampling used everywhere else (sample.wide_float).
+    Any other name must be a device this machine has: a clear error here, not a traceback from the
+    first tensor moved there."""
     if device == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
     try:
         kind = torch.device(device).type
     except RuntimeError:

@@ -571,6 +571,19 @@ def test_sampling_at_temperature_follows_the_softmax():
         assert not ((token == MASK) | (token == 2)).any()
 
 
+def test_probabilities_are_float64_except_on_mps_which_has_none(monkeypatch):
+    """Sampling's precision by device (MPS cannot hold float64: a decode there stopped at its first
+    pass); and 'auto' picks CUDA, else the CPU, not MPS, where no run of this repo has been made."""
+    from sample import choose_tokens, wide_float
+    from utils import pick_device
+    _, probs = choose_tokens(torch.zeros(2, 3, 6, dtype=torch.bfloat16), 0.0, None)
+    assert probs.dtype == torch.float64 and wide_float('cpu') == wide_float('cuda:1') == torch.float64
+    assert wide_float('mps') == wide_float(torch.device('mps')) == torch.float32
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: True)
+    assert pick_device('auto') == 'cpu' and pick_device('mps') == 'mps'
+
+
 def decode_both(model, x, order, k, r, attn='semi_causal'):
     run = lambda cache_refresh: decode_latent(model, x, attn, n_latent=k, order=order, cache_refresh=cache_refresh,
                                               gen=torch.Generator().manual_seed(0))
