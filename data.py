@@ -171,7 +171,7 @@ def check_writable(path, what, purpose, folder=False):
     made there and removed at once (so nothing is left), which finds a read-only disk too, where the
     permission bits alone would say yes (to root, they always do). Missing folders are made later."""
     full = os.path.abspath(path)
-    if not folder and os.path.isdir(full):
+    if not folder and (os.path.isdir(full) or path.endswith(('/', os.sep))):
         raise SystemExit(f'error: {what} {path!r} is a folder: name a file to {purpose}')
     nearest = full if folder else os.path.dirname(full)
     while not os.path.exists(nearest):

@@ -386,9 +386,8 @@ class Countdown(Task):
     """Reach the target with the given numbers and + - * /; every step an integer.
     Problem 'n1,...,nk,target'; answer 'a-b=c,c*d=e,...' (a file's answer written as one
     expression, with brackets or spaces, is read as its steps: expression_steps; a list of steps,
-    Stream of Search's "solution", as the steps joined). Held-out
-    targets: a fixed fifth of the targets (by value) never appears in training data when
-    heldout_targets is on."""
+    Stream of Search's "solution", as the steps joined). Held-out targets: a fixed fifth of the
+    targets (by value) never appears in training data when heldout_targets is on."""
     name = 'countdown'
     split_answer = re.compile(r'\d+|.')      # numbers are tokens: '80', '-', '58', '=', ...
 

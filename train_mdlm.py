@@ -10,11 +10,11 @@ this loop with its own loss.
     python train_mdlm.py                                   # CPU quick start: 6x6 Sudoku, SCDM
     python train_mdlm.py --attn=full --out_dir=out/mdm
     python train_mdlm.py presets/sudoku9_gpu.json          # paper scale, one GPU
-    python train_mdlm.py --resume                          # continue out_dir/ckpt.pt
+    python train_mdlm.py --resume                          # continue out_dir/ckpt.pt (saved at each evaluation and on Ctrl-C)
     python train_mdlm.py --bench                           # training tokens/s against a plain GPT
     torchrun --standalone --nproc_per_node=2 train_mdlm.py # data-parallel, one process per device
 """
-import copy, dataclasses, math, os, statistics, sys, time
+import copy, dataclasses, math, os, signal, statistics, sys, threading, time
 from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
@@ -251,7 +251,8 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
     and its row of sample.DECODERS). Under torchrun, data-parallel: every process draws the same
     global batch and computes its own rows; rank 0 alone logs, evaluates and saves.
     On resume, settings that differ from the checkpoint's are printed, or refused with
-    same_settings=True. Returns (final metrics, checkpoint path)."""
+    same_settings=True. Ctrl-C (one process) finishes the step under way, saves a checkpoint that
+    --resume continues exactly, and stops with SystemExit. Returns (final metrics, checkpoint path)."""
     attn = attn or cfg.attn
     if attn not in ATTNS:
         raise SystemExit(f'error: unknown attn {attn!r}; choose from {ATTNS}')
@@ -321,74 +322,96 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
     model.train()
     bar = tqdm(range(step, cfg.max_iters), initial=step, total=cfg.max_iters, disable=quiet, dynamic_ncols=True)
     t0, tokens, metrics = time.time(), 0, history[-1] if history else {}
-    for step in bar:
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups: group['lr'] = lr
-        idx = torch.randint(len(ids), (cfg.batch_size,), generator=gen, device=device)   # the global batch
-        batch, batch_answer = ids[idx], answer_mask[idx]
-        noise = gen.get_state()
-        optimizer.zero_grad(set_to_none=True)
-        evaluating = (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_iters
-        shows = step % 10 == 0                          # the progress bar's numbers
-        logs = shows or evaluating
-        reported = torch.zeros(2, device=device) if logs else None   # the batch's loss and ce
-        for a in range(cfg.grad_accum):                 # this process's rows, in grad_accum pieces
-            gen.set_state(noise)                        # each piece draws the same global noise
-            first = (rank * cfg.grad_accum + a) * micro
-            if world > 1: step_model.require_backward_grad_sync = a == cfg.grad_accum - 1
-            with autocast(device, dtype):
-                loss, ce = loss_fn(step_model, batch, batch_answer, cfg, gen, slice(first, first + micro))
-            scaler.scale(loss / cfg.grad_accum).backward()
-            if logs: reported += torch.stack([loss.detach(), ce.detach()]).float() / (cfg.grad_accum * world)
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        # Stop before a bad step touches the weights (one check, one sync): a non-finite loss or,
-        # without the float16 scaler, gradient (with it, inf gradients mean a skipped step)
-        if not torch.isfinite(loss.detach() if scaler.is_enabled() else loss.detach() + grad_norm):
-            bar.close()
-            raise SystemExit(f'error: training diverged at step {step}: loss {loss.item():.4g}, gradient norm '
-                             f'{grad_norm.item():.4g} (lr {lr:.2g}). Nothing was saved; the last checkpoint '
-                             f'{ckpt_path} (step {history[-1]["step"] if history else "none"}) is untouched. '
-                             'Lower --learning_rate or use --grad_clip=1.')
-        scaler.step(optimizer)
-        scaler.update()
-        if ema_model is not None:
-            with torch.no_grad():
-                for e, p in zip(ema_model.parameters(), model.parameters()): e.lerp_(p, 1 - cfg.ema)
-        tokens += ids.shape[1] * cfg.batch_size
-        if logs:
-            if world > 1: dist.all_reduce(reported)     # the whole batch's, not rank 0's rows'
-            batch_loss, batch_ce = reported.tolist()
-        if shows:
-            bar.set_postfix(loss=f'{batch_loss:.4f}', ce=f'{batch_ce:.4f}', lr=f'{lr:.1e}',
-                            tok_s=f'{tokens / (time.time() - t0):.0f}', val_acc=metrics.get('val_accuracy', '-'))
-        if rank != 0 or not evaluating:
-            continue
-        # evaluate: validation loss on fixed batches, then solve accuracy on eval_n val puzzles
-        step += 1                                       # the checkpoint holds the *next* step
-        eval_model.eval()
-        g = torch.Generator(device=device).manual_seed(1234)
-        with torch.no_grad(), autocast(device, dtype):
-            val_losses = [float(loss_fn(eval_model, val_ids[i], val_answer[i], cfg, g)[0]) for i in
-                          (torch.randint(len(val_ids), (cfg.batch_size,), generator=g, device=device)
-                           for _ in range(cfg.eval_iters))]
-        eval_examples = splits['val'][:cfg.eval_n]        # eval_n, or every one when n_val is smaller
-        acc = evaluate(eval_model, task, eval_examples, attn, decoder, device=device, dtype=dtype)
-        model.train()
-        metrics = dict(step=step, val_loss=sum(val_losses) / len(val_losses), val_accuracy=acc['accuracy'],
-                       train_loss=batch_loss)
-        history.append(metrics)
+    def save(step):                                     # the checkpoint holds the *next* step
         rng = dict(gen=gen.get_state(), torch=torch.get_rng_state())
         if device.startswith('cuda'): rng['cuda'] = torch.cuda.get_rng_state()
         state = dict(model=eval_model.state_dict(), model_config=dataclasses.asdict(model_cfg),
                      task_config=task.config(), train_config=dataclasses.asdict(cfg), attn=attn, decoder=decoder,
-                     optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step, history=history, metrics=metrics, rng=rng)
+                     optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step, history=history,
+                     metrics=metrics, rng=rng)
         if ema_model is not None: state['raw_model'] = model.state_dict()
         save_checkpoint(ckpt_path, **state)
-        if not quiet:
-            tqdm.write(f'step {step}: val loss {metrics["val_loss"]:.4f}, '
-                       f'val solve accuracy {metrics["val_accuracy"]:.1%} ({len(eval_examples)} puzzles)')
-    bar.close()
+
+    # Ctrl-C: the step under way finishes (one cut in half would leave weights no run has), then a
+    # checkpoint is saved and training stops; a second Ctrl-C stops at once. One process only: under
+    # torchrun the processes could stop at different steps and then wait on each other for ever.
+    stop = []
+    def interrupted(signum, frame):
+        if stop: raise KeyboardInterrupt
+        stop.append(True)
+        tqdm.write('Ctrl-C: stopping after this step, with a checkpoint (Ctrl-C again: stop now, unsaved)')
+    catch = world == 1 and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, interrupted) if catch else None
+    try:
+        for step in bar:
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups: group['lr'] = lr
+            idx = torch.randint(len(ids), (cfg.batch_size,), generator=gen, device=device)   # the global batch
+            batch, batch_answer = ids[idx], answer_mask[idx]
+            noise = gen.get_state()
+            optimizer.zero_grad(set_to_none=True)
+            evaluating = (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_iters
+            shows = step % 10 == 0                          # the progress bar's numbers
+            logs = shows or evaluating
+            reported = torch.zeros(2, device=device) if logs else None   # the batch's loss and ce
+            for a in range(cfg.grad_accum):                 # this process's rows, in grad_accum pieces
+                gen.set_state(noise)                        # each piece draws the same global noise
+                first = (rank * cfg.grad_accum + a) * micro
+                if world > 1: step_model.require_backward_grad_sync = a == cfg.grad_accum - 1
+                with autocast(device, dtype):
+                    loss, ce = loss_fn(step_model, batch, batch_answer, cfg, gen, slice(first, first + micro))
+                scaler.scale(loss / cfg.grad_accum).backward()
+                if logs: reported += torch.stack([loss.detach(), ce.detach()]).float() / (cfg.grad_accum * world)
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            # Stop before a bad step touches the weights (one check, one sync): a non-finite loss or,
+            # without the float16 scaler, gradient (with it, inf gradients mean a skipped step)
+            if not torch.isfinite(loss.detach() if scaler.is_enabled() else loss.detach() + grad_norm):
+                bar.close()
+                raise SystemExit(f'error: training diverged at step {step}: loss {loss.item():.4g}, gradient norm '
+                                 f'{grad_norm.item():.4g} (lr {lr:.2g}). Nothing was saved; the last checkpoint '
+                                 f'{ckpt_path} (step {history[-1]["step"] if history else "none"}) is untouched. '
+                                 'Lower --learning_rate or use --grad_clip=1.')
+            scaler.step(optimizer)
+            scaler.update()
+            if ema_model is not None:
+                with torch.no_grad():
+                    for e, p in zip(ema_model.parameters(), model.parameters()): e.lerp_(p, 1 - cfg.ema)
+            tokens += ids.shape[1] * cfg.batch_size
+            if logs:
+                if world > 1: dist.all_reduce(reported)     # the whole batch's, not rank 0's rows'
+                batch_loss, batch_ce = reported.tolist()
+            if shows:
+                bar.set_postfix(loss=f'{batch_loss:.4f}', ce=f'{batch_ce:.4f}', lr=f'{lr:.1e}',
+                                tok_s=f'{tokens / (time.time() - t0):.0f}', val_acc=metrics.get('val_accuracy', '-'))
+            done = step + 1                                 # steps done: the step a checkpoint resumes at
+            if rank == 0 and evaluating:
+                # evaluate: validation loss on fixed batches, then solve accuracy on eval_n val puzzles
+                eval_model.eval()
+                g = torch.Generator(device=device).manual_seed(1234)
+                with torch.no_grad(), autocast(device, dtype):
+                    val_losses = [float(loss_fn(eval_model, val_ids[i], val_answer[i], cfg, g)[0]) for i in
+                                  (torch.randint(len(val_ids), (cfg.batch_size,), generator=g, device=device)
+                                   for _ in range(cfg.eval_iters))]
+                eval_examples = splits['val'][:cfg.eval_n]        # eval_n, or every one when n_val is smaller
+                acc = evaluate(eval_model, task, eval_examples, attn, decoder, device=device, dtype=dtype)
+                model.train()
+                metrics = dict(step=done, val_loss=sum(val_losses) / len(val_losses), val_accuracy=acc['accuracy'],
+                               train_loss=batch_loss)
+                history.append(metrics)
+                save(done)
+                if not quiet:
+                    tqdm.write(f'step {done}: val loss {metrics["val_loss"]:.4f}, '
+                               f'val solve accuracy {metrics["val_accuracy"]:.1%} ({len(eval_examples)} puzzles)')
+            if stop:
+                if not evaluating: save(done)
+                bar.close()
+                raise SystemExit(f'stopped by Ctrl-C after step {done} of {cfg.max_iters}: {ckpt_path} holds it '
+                                 '(its weights, optimizer and random states); the same command with --resume '
+                                 'continues exactly')
+        bar.close()
+    finally:
+        if catch: signal.signal(signal.SIGINT, previous)
     if world > 1:                                       # every rank returns rank 0's metrics
         shared = [metrics]
         dist.broadcast_object_list(shared, src=0)

@@ -198,6 +198,7 @@ def test_an_out_dir_that_cannot_hold_checkpoints_is_refused_before_any_work(tmp_
     ('sample', ['--ckpt=none.pt', '--output=.'], "--output '.' is a folder: name a file"),
     ('data', ['--size=4', '--out=taken/puzzles.txt'], "--out 'taken/puzzles.txt' cannot hold the examples"),
     ('data', ['--size=4', '--out=.'], "--out '.' is a folder"),           # was: a file '..tmp' left behind
+    ('data', ['--size=4', '--out=new/'], "--out 'new/' is a folder"),     # was: a traceback after generating
     ('reproduce', ['--scale=smoke', '--out=taken'], "--out 'taken' cannot hold the results: .*taken is a file"),
 ])
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(script, args, message, tmp_path, monkeypatch):

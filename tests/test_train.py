@@ -1,5 +1,5 @@
 """train_mdlm.py: the loss on a hand-computed case, learning a tiny task, exact resume, settings."""
-import dataclasses, importlib, math, os
+import dataclasses, importlib, math, os, signal
 import pytest
 import torch
 from utils import load_checkpoint
@@ -84,6 +84,33 @@ def test_resume_reaches_the_same_state(tmp_path):
     assert a['step'] == b['step'] == 20
     for k in a['model']:
         assert torch.equal(a['model'][k], b['model'][k]), k
+    for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+        assert torch.equal(sa['exp_avg'], sb['exp_avg']) and torch.equal(sa['exp_avg_sq'], sb['exp_avg_sq'])
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+    """Ctrl-C during a step: the step finishes, a checkpoint of it is saved, training stops with
+    a message; --resume then ends where an uninterrupted run ends. Was: everything since the last
+    evaluation lost (the quick start evaluates every 500 steps)."""
+    settings_ = dict(max_iters=20, eval_interval=10, lr_decay='constant', eval_n=8, dropout=0.1)
+    train(tiny(tmp_path / 'a', **settings_), quiet=True)
+    calls = []
+    def loss_with_ctrl_c(model, *args):
+        calls.append(1)
+        if len(calls) == 7:                                      # in the 7th step's loss
+            signal.raise_signal(signal.SIGINT)
+        return diffusion_loss(model, *args)
+    handler = signal.getsignal(signal.SIGINT)
+    cut = tiny(tmp_path / 'b', **settings_)
+    with pytest.raises(SystemExit, match='stopped by Ctrl-C after step 7 of 20: .* --resume continues exactly'):
+        train(cut, loss_fn=loss_with_ctrl_c, quiet=True)
+    assert signal.getsignal(signal.SIGINT) is handler           # put back as it was
+    _, b = load_checkpoint(f'{tmp_path}/b/out/ckpt.pt')
+    assert b['step'] == 7 and b['history'] == []
+    train(dataclasses.replace(cut, resume=True), quiet=True)
+    _, a = load_checkpoint(f'{tmp_path}/a/out/ckpt.pt')
+    _, b = load_checkpoint(f'{tmp_path}/b/out/ckpt.pt')
+    assert a['step'] == b['step'] == 20 and all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
     for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
         assert torch.equal(sa['exp_avg'], sb['exp_avg']) and torch.equal(sa['exp_avg_sq'], sb['exp_avg_sq'])
 
