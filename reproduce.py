@@ -572,6 +572,9 @@ def main(argv):
         # what a job writes goes beside the checkpoint, named after --input if given
         written = lambda name: os.path.join(os.path.dirname(cfg.ckpt), name + (
             f'_{os.path.splitext(os.path.basename(cfg.input))[0]}' if cfg.input else ''))
+        if not cfg.bench_cache:                                          # (it only prints)
+            check_writable(os.path.dirname(cfg.ckpt) or '.', "--ckpt's folder", "hold this job's files, "
+                           'which go beside the checkpoint', folder=True)
         if cfg.input and (cfg.calibration or cfg.probe_window) and not all(a is not None and task.verify(p, a)
                                                                            for p, a in examples):
             raise SystemExit(f'error: --{"calibration" if cfg.calibration else "probe_window"} compares each guess '

@@ -82,6 +82,24 @@ def test_cache_benchmark_of_a_latent_checkpoint(trained_semi_causal):
         assert results[f'k={k} r=4']['positions_per_sample'] < results[f'k={k} r=0']['positions_per_sample']
 
 
+def test_a_job_whose_files_cannot_be_written_is_refused_before_it_decodes(trained_semi_causal, tmp_path,
+                                                                         monkeypatch):
+    """A job on --ckpt writes beside the checkpoint: a folder that takes no file (read-only; as root,
+    whom permission bits never stop, a disk that refuses) is an error before any decoding. Was: the
+    sweep ran, then a traceback at its first file."""
+    import tempfile
+    shutil.copy(f'{trained_semi_causal}/out/ckpt.pt', tmp_path / 'ckpt.pt')
+    def read_only_disk(*args, **kwargs):
+        raise OSError(30, 'Read-only file system')
+    monkeypatch.setattr(tempfile, 'TemporaryFile', read_only_disk)
+    decoded = []
+    monkeypatch.setattr(reproduce, 'sweep_threshold', lambda *a: decoded.append(1))
+    with pytest.raises(SystemExit, match="--ckpt's folder .* cannot hold this job's files, which go beside the "
+                                         'checkpoint: .* is not writable \\(Read-only file system\\)'):
+        reproduce.main(['--sweep_threshold=0,0.6', f'--ckpt={tmp_path}/ckpt.pt', '--n=8'])
+    assert not decoded and sorted(p.name for p in tmp_path.iterdir()) == ['ckpt.pt']
+
+
 def test_the_jobs_on_a_checkpoint_read_puzzles_from_a_file(trained_semi_causal, tmp_path):
     """--input: a job on --ckpt runs on the first n puzzles of a file instead of the test split, and
     names what it writes after the file: the test split's puzzles written to a file (no answers, '0'
