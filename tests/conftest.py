@@ -50,3 +50,13 @@ def trained_semi_causal(tmp_path_factory):
                        '--max_iters=300', '--eval_interval=300'])
     train(cfg, quiet=True)
     return d
+
+
+@pytest.fixture
+def read_only_disk(monkeypatch):
+    """Every new file refused as on a read-only disk, for the check that a folder takes a file
+    (data.check_writable makes one there): permission bits never stop root, this does."""
+    import tempfile
+    def refuse(*args, **kwargs):
+        raise OSError(30, 'Read-only file system')
+    monkeypatch.setattr(tempfile, 'TemporaryFile', refuse)

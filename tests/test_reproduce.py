@@ -83,15 +83,11 @@ def test_cache_benchmark_of_a_latent_checkpoint(trained_semi_causal):
 
 
 def test_a_job_whose_files_cannot_be_written_is_refused_before_it_decodes(trained_semi_causal, tmp_path,
-                                                                         monkeypatch):
+                                                                         monkeypatch, read_only_disk):
     """A job on --ckpt writes beside the checkpoint: a folder that takes no file (read-only; as root,
     whom permission bits never stop, a disk that refuses) is an error before any decoding. Was: the
     sweep ran, then a traceback at its first file."""
-    import tempfile
     shutil.copy(f'{trained_semi_causal}/out/ckpt.pt', tmp_path / 'ckpt.pt')
-    def read_only_disk(*args, **kwargs):
-        raise OSError(30, 'Read-only file system')
-    monkeypatch.setattr(tempfile, 'TemporaryFile', read_only_disk)
     decoded = []
     monkeypatch.setattr(reproduce, 'sweep_threshold', lambda *a: decoded.append(1))
     with pytest.raises(SystemExit, match="--ckpt's folder .* cannot hold this job's files, which go beside the "

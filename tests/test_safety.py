@@ -1,7 +1,7 @@
 """What a newcomer must be able to trust: a shared checkpoint cannot run code, divergence stops
 without destroying the last good checkpoint, the same seed gives the same run, malformed puzzle
 lines are reported (never a traceback), and settings that mean nothing are refused."""
-import dataclasses, importlib, os, re, subprocess, sys, tempfile
+import dataclasses, importlib, os, re, subprocess, sys
 import numpy as np
 import pytest
 import torch
@@ -181,17 +181,6 @@ def test_settings_that_mean_nothing_or_have_bad_values_are_refused(script, args,
     assert not os.listdir(tmp_path)
 
 
-def test_an_out_dir_that_cannot_hold_checkpoints_is_refused_before_any_work(tmp_path, monkeypatch):
-    """Was: the data made and the model trained, then a FileExistsError traceback at the first
-    checkpoint. Now refused at once, and nothing is written."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / 'taken').write_text('a file, not a folder')
-    for out_dir in ('taken', 'taken/run1'):
-        with pytest.raises(SystemExit, match=f"out_dir '{out_dir}' cannot hold checkpoints: .*taken is a file"):
-            importlib.import_module('train_mdlm').main([f'--out_dir={out_dir}', '--max_iters=1'])
-    assert os.listdir(tmp_path) == ['taken']
-
-
 @pytest.mark.parametrize('script,args,message', [
     ('sample', ['--ckpt=none.pt', '--output=taken/answers.txt'], "--output 'taken/answers.txt' cannot hold the answers: "
                                                                '.*taken is a file'),   # was: decoded, then a traceback
@@ -200,9 +189,13 @@ def test_an_out_dir_that_cannot_hold_checkpoints_is_refused_before_any_work(tmp_
     ('data', ['--size=4', '--out=.'], "--out '.' is a folder"),           # was: a file '..tmp' left behind
     ('data', ['--size=4', '--out=new/'], "--out 'new/' is a folder"),     # was: a traceback after generating
     ('reproduce', ['--scale=smoke', '--out=taken'], "--out 'taken' cannot hold the results: .*taken is a file"),
+    ('train_mdlm', ['--out_dir=taken', '--max_iters=1'], "out_dir 'taken' cannot hold checkpoints: .*taken is a file"),
+    ('train_mdlm', ['--out_dir=taken/run1', '--max_iters=1'], "out_dir 'taken/run1' cannot hold checkpoints: "
+                                                               '.*taken is a file'),   # was: trained, then a traceback
 ])
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(script, args, message, tmp_path, monkeypatch):
-    """Refused before the checkpoint is even read (so none is needed here), and nothing is written."""
+    """Refused before any work (before a checkpoint is even read, so none is needed here), and
+    nothing is written."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / 'taken').write_text('a file, not a folder')
     with pytest.raises(SystemExit, match=message):
@@ -210,7 +203,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(script, arg
     assert os.listdir(tmp_path) == ['taken']
 
 
-def test_an_out_dir_on_which_no_file_can_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
+def test_an_out_dir_on_which_no_file_can_be_written_is_refused_before_any_work(tmp_path, monkeypatch, request):
     """A folder without write permission, or (as root, whom permission bits never stop) on a
     read-only disk: refused at once, and nothing is written. Was: os.access, which says yes to root."""
     monkeypatch.chdir(tmp_path)
@@ -218,9 +211,7 @@ def test_an_out_dir_on_which_no_file_can_be_written_is_refused_before_any_work(t
     locked.mkdir()
     locked.chmod(0o555)
     if os.geteuid() == 0:                           # root writes there anyway: make the disk refuse
-        def read_only_disk(*args, **kwargs):
-            raise OSError(30, 'Read-only file system')
-        monkeypatch.setattr(tempfile, 'TemporaryFile', read_only_disk)
+        request.getfixturevalue('read_only_disk')
     with pytest.raises(SystemExit, match="out_dir 'locked/run1' cannot hold checkpoints: .*locked is not writable"):
         importlib.import_module('train_mdlm').main(['--out_dir=locked/run1', '--max_iters=1'])
     monkeypatch.undo()
