@@ -35,8 +35,8 @@ model must be right about whatever cell it is handed. 'top_prob' decodes the mos
 8 random candidate cells (the same rule for MDM, SIDM and the semi-causal model): on small grids
 it lets even an independent model steer around the hard cells, so it flatters SIDM.
 """
-import dataclasses, json, math, multiprocessing, os, platform, re, statistics, sys, textwrap, time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import dataclasses, json, math, multiprocessing, os, platform, re, signal, statistics, sys, textwrap, time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 import torch
 from tqdm import tqdm
 from sample import (DECODERS, checkpoint_examples, choose_tokens, commit_rule, decoder_value_ok, evaluate,
@@ -44,7 +44,7 @@ from sample import (DECODERS, checkpoint_examples, choose_tokens, commit_rule, d
 from model import attention_mask
 from tasks import MASK, get_task
 from train_ar_mtp import ARConfig, objective
-from train_mdlm import TrainConfig, load_data, train
+from train_mdlm import Stopped, TrainConfig, load_data, train
 from configurator import changed_settings, parse_settings, parse_value, refuse_unused
 from data import check_writable, paired_difference
 from utils import load_checkpoint, pick_device
@@ -168,8 +168,15 @@ def train_model(c, quiet=False):
     """Train one model of a scale (a checkpoint in c.out_dir is continued) -> (its checkpoint path,
     minutes of training)."""
     t = time.time()
-    path = train(c, *(objective(c) if isinstance(c, ARConfig) else ()), quiet=quiet, same_settings=True)[1]
+    try:
+        path = train(c, *(objective(c) if isinstance(c, ARConfig) else ()), quiet=quiet, same_settings=True)[1]
+    except Stopped as e:                # Ctrl-C: here the way to continue is to rerun, not --resume
+        raise Stopped(f'{str(e).split(":")[0]}: {c.out_dir}/ckpt.pt holds it; {CONTINUE}') from None
     return path, (time.time() - t) / 60
+
+
+CONTINUE = ('the same reproduce.py command continues exactly (a checkpoint under --out is continued, a '
+            'finished one only evaluated)')
 
 
 def train_side_by_side(models, processes):
@@ -186,16 +193,43 @@ def train_side_by_side(models, processes):
         task, _ = load_data(c, progress=True)
         cost[key] = c.max_iters * task.seq_len                      # steps x tokens
     threads = max(1, torch.get_num_threads() // processes)
-    # 'spawn': a process forked from one whose torch threads are running can hang
+    waiting, running, results = sorted(models, key=lambda k: -cost[k]), {}, {}
+    # 'spawn': a process forked from one whose torch threads are running can hang. Models are
+    # handed out one at a time as workers free up (not queued ahead), so that after Ctrl-C or an
+    # error no other model starts.
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context('spawn'),
-                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-        futures = {pool.submit(train_model, models[key], True): key for key in sorted(models, key=lambda k: -cost[k])}
+                             initializer=start_worker, initargs=(threads,)) as pool, \
+            tqdm(total=len(models), desc=f'training, {processes} models at a time') as bar:
         try:
-            bar = tqdm(as_completed(futures), total=len(futures), desc=f'training, {processes} models at a time')
-            return {futures[f]: f.result() for f in bar}
-        except BaseException:          # a worker's error (or Ctrl-C): start no other model, then say it
-            pool.shutdown(cancel_futures=True)
-            raise
+            while waiting or running:
+                while waiting and len(running) < processes:
+                    key = waiting.pop(0)
+                    running[pool.submit(train_model, models[key], True)] = key
+                for f in wait(running, return_when=FIRST_COMPLETED).done:
+                    results[running.pop(f)] = f.result()
+                    bar.update()
+        except KeyboardInterrupt:
+            # Ctrl-C in a terminal reaches every process: the models in training finish their
+            # step, save a checkpoint and stop (train()); wait for them, then say what is where
+            bar.close()
+            print(f'Ctrl-C: waiting for {len(running)} models to save a checkpoint and stop; none other starts '
+                  '(Ctrl-C again: stop now, unsaved)', file=sys.stderr)
+            wait(running)
+            results.update({running[f]: f.result() for f in running if f.exception() is None})
+            stopped = [running[f] for f in running if isinstance(f.exception(), Stopped)]
+            failed = [running[f] for f in running if f.exception() is not None and running[f] not in stopped]
+            raise SystemExit('stopped by Ctrl-C: ' + '; '.join(
+                f'{label}: {", ".join(f"{n} seed {s}" for n, s in keys)}' for label, keys in
+                (('trained', list(results)), ('stopped with a checkpoint', stopped), ('failed', failed),
+                 ('not started', waiting)) if keys) + f'; {CONTINUE}') from None
+    return results                     # (a worker's error is raised at once: no other model starts)
+
+
+def start_worker(threads):
+    """A training process of --processes: its share of the cores, and Ctrl-C ignored while it waits
+    for a model (train() takes Ctrl-C over while training, to save a checkpoint before stopping)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
 
 
 @dataclasses.dataclass
@@ -614,9 +648,11 @@ def main(argv):
     timing = dict(wall_clock_minutes=0.0, minutes_per_seed=[], training_minutes_per_seed={}, resumed_checkpoints=[])
     models = {(name, seed): c for seed in seeds for name, c in scale_models(scale, seed, cfg.out, cfg.device).items()}
     continued = {key for key, c in models.items() if os.path.exists(f'{c.out_dir}/ckpt.pt')}
+    models = {key: dataclasses.replace(c, resume=key in continued) for key, c in models.items()}
     trained = {}                       # (name, seed) -> (checkpoint, minutes) of the models trained side by side
     if cfg.processes > 1:
-        trained = train_side_by_side({k: c for k, c in models.items() if k not in continued}, cfg.processes)
+        # continued models too: one stopped by Ctrl-C goes on with the thread count it began with
+        trained = train_side_by_side(models, cfg.processes)
         timing.update(processes=cfg.processes, side_by_side_minutes=(time.time() - t_start) / 60)
     for seed in seeds:
         t_seed = time.time()
@@ -626,9 +662,8 @@ def main(argv):
             a rerun continues a killed run or adds seeds); return it, its checkpoint, its task and
             its first n_test test puzzles. Continued models are listed, not timed: their training
             happened (at least partly) in an earlier run."""
-            c = models[name, seed]
-            path, minutes = trained.get((name, seed)) or train_model(     # trained above, side by side, or now
-                dataclasses.replace(c, resume=(name, seed) in continued), quiet=cfg.scale == 'smoke')
+            # trained above, side by side, or now
+            path, minutes = trained.get((name, seed)) or train_model(models[name, seed], quiet=cfg.scale == 'smoke')
             model, ck = load_checkpoint(path, device)
             if (name, seed) in continued:
                 timing['resumed_checkpoints'].append(f'{name} seed {seed}')

@@ -245,6 +245,11 @@ def load_data(cfg, progress=False):
         raise SystemExit(f'error: {e}')
 
 
+class Stopped(SystemExit):
+    """Training stopped by Ctrl-C after saving a checkpoint (the message says which and where), so
+    that a caller with its own way to continue (reproduce.py) can say so instead."""
+
+
 def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, same_settings=False):
     """Train, evaluate, checkpoint. loss_fn(model, ids, answer_mask, cfg, gen, rows) -> (loss, ce).
     `attn`/`decoder` say how the model attends and how evaluation decodes it (default: cfg.attn
@@ -252,7 +257,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
     global batch and computes its own rows; rank 0 alone logs, evaluates and saves.
     On resume, settings that differ from the checkpoint's are printed, or refused with
     same_settings=True. Ctrl-C (one process) finishes the step under way, saves a checkpoint that
-    --resume continues exactly, and stops with SystemExit. Returns (final metrics, checkpoint path)."""
+    --resume continues exactly, and stops with Stopped (a SystemExit). Returns (final metrics, checkpoint path)."""
     attn = attn or cfg.attn
     if attn not in ATTNS:
         raise SystemExit(f'error: unknown attn {attn!r}; choose from {ATTNS}')
@@ -406,7 +411,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
             if stop:
                 if not evaluating: save(done)
                 bar.close()
-                raise SystemExit(f'stopped by Ctrl-C after step {done} of {cfg.max_iters}: {ckpt_path} holds it '
+                raise Stopped(f'stopped by Ctrl-C after step {done} of {cfg.max_iters}: {ckpt_path} holds it '
                                  '(its weights, optimizer and random states); the same command with --resume '
                                  'continues exactly')
         bar.close()

@@ -1,9 +1,10 @@
 """reproduce.py --scale=smoke: every table and figure is written with the expected structure.
 (This checks the pipeline, not the scientific outcome.)"""
-import csv, json, shutil
+import csv, json, os, shutil, signal, subprocess, sys, time
 import pytest
 import torch
 import reproduce
+from train_mdlm import diffusion_loss
 from utils import load_checkpoint
 
 
@@ -152,6 +153,23 @@ def test_cache_benchmark_of_an_mdm_checkpoint(tmp_path):
     assert results['r=4']['positions_per_sample'] < results['r=0']['positions_per_sample']
 
 
+def test_ctrl_c_in_a_run_says_the_same_command_continues_it(tmp_path, monkeypatch):
+    """Ctrl-C while reproduce.py trains a model: train() saves a checkpoint and stops; the message
+    names the rerun (which continues every checkpoint it finds), not train's --resume, which
+    reproduce.py does not take."""
+    monkeypatch.chdir(tmp_path)
+    train, steps = reproduce.train, []
+    def loss_with_ctrl_c(model, *args):
+        steps.append(1)
+        if len(steps) == 3: signal.raise_signal(signal.SIGINT)
+        return diffusion_loss(model, *args)
+    monkeypatch.setattr(reproduce, 'train', lambda c, *a, **k: train(c, loss_with_ctrl_c, **k))
+    with pytest.raises(SystemExit, match=r'stopped by Ctrl-C after step 3 of 20: out/ckpt/MDM_seed0/ckpt.pt holds it; '
+                                         'the same reproduce.py command continues exactly'):
+        reproduce.main(['--scale=smoke', '--seeds=0', '--out=out'])
+    assert load_checkpoint('out/ckpt/MDM_seed0/ckpt.pt')[1]['step'] == 3
+
+
 def test_a_scale_without_diffusion_models_runs_c3_only_and_keeps_finished_seeds(tmp_path, monkeypatch):
     monkeypatch.setitem(reproduce.SCALES, 'c3_only', dict(reproduce.SCALES['smoke'], diffusion=None, ar_models='AR',
                                                          windows='', n_test=8))
@@ -207,7 +225,7 @@ def test_models_trained_side_by_side_are_the_models_a_run_of_one_at_a_time_train
         reproduce.main(['--scale=tiny', '--seeds=0', '--out=two', '--processes=2'])
     finally:
         torch.set_num_threads(threads)
-    assert trained_here == ['full']                # the others were trained in the workers, not here
+    assert trained_here == []                      # all in the workers (the finished MDM only loaded there)
     assert (tmp_path / 'one' / 'models.csv').read_text() == (tmp_path / 'two' / 'models.csv').read_text()
     for name in ('MDM', 'SIDM', 'SCDM', 'AR'):
         one, two = (load_checkpoint(f'{tmp_path}/{out}/ckpt/{name}_seed0/ckpt.pt')[0].state_dict() for out in ('one', 'two'))
@@ -375,3 +393,31 @@ def test_wrap_prose_wraps_prose_only_and_never_opens_a_markdown_block():
     assert opens_block == [line for line in prose if line.startswith('- C2')]  # only the item itself
     after_item = prose[prose.index(opens_block[0]) + 1:]
     assert after_item and all(line.startswith('  ') for line in after_item)  # the item's lines under it
+
+
+@pytest.mark.slow      # real processes and a real Ctrl-C: about 20 s
+def test_ctrl_c_under_processes_saves_the_models_in_training_and_starts_no_other(tmp_path):
+    """Ctrl-C in a terminal reaches the run and its training processes: the two models in
+    training save a checkpoint and stop, the others do not start, and the run ends with a message
+    that says which is which. Was: the pool started the next models and the run went on."""
+    out, long = tmp_path / 'out', f"dict(reproduce.SMOKE, data_dir='{tmp_path}/data', max_iters=100000, eval_interval=5)"
+    script = ('import reproduce\n'
+              f"reproduce.SCALES['long'] = dict(reproduce.SCALES['smoke'], diffusion={long}, ar_models='AR', windows='')\n"
+              f"reproduce.main(['--scale=long', '--seeds=0', '--out={out}', '--processes=2'])\n")
+    run = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True,        # its own group, as a terminal's job is
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        first = [out / 'ckpt' / f'{name}_seed0' / 'ckpt.pt' for name in ('MDM', 'SIDM')]   # the longest first
+        deadline = time.time() + 120
+        while not all(p.exists() for p in first) and run.poll() is None and time.time() < deadline:
+            time.sleep(0.2)                                # both in training: each evaluated at step 5
+        os.killpg(run.pid, signal.SIGINT)
+        log = run.communicate(timeout=120)[0]
+    finally:
+        if run.poll() is None: os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 1, log[-3000:]
+    assert ('stopped by Ctrl-C: stopped with a checkpoint: MDM seed 0, SIDM seed 0; not started: SCDM seed 0, AR seed 0; '
+            'the same reproduce.py command continues exactly') in log, log[-3000:]
+    assert all(5 <= load_checkpoint(str(p))[1]['step'] < 100000 for p in first)
+    assert sorted(p.name for p in (out / 'ckpt').iterdir()) == ['MDM_seed0', 'SIDM_seed0']
