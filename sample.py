@@ -506,9 +506,10 @@ def default_decoder(attn, window=-1):
 
 @torch.no_grad()
 def evaluate(model, task, examples, attn, decoder=None, batch_size=256, device='cpu',
-             dtype='float32', seed=0, return_answers=False, progress=False):
+             dtype='float32', seed=0, return_answers=False, progress=False, stoppable=False):
     """Decode every example and check it with the task's verifier (any valid answer counts).
-    progress: a bar on stderr while more than one batch is decoded."""
+    progress: a bar on stderr while more than one batch is decoded. stoppable: Ctrl-C ends the
+    decode at once, and the result is of the batches finished before it (stopped=True)."""
     decoder = dict(decoder or default_decoder(attn))
     method = decoder.pop('method')
     fn = DECODERS[method][0]
@@ -519,15 +520,19 @@ def evaluate(model, task, examples, attn, decoder=None, batch_size=256, device='
     answers, nfe, positions = [], 0.0, 0.0
     bar = tqdm(total=len(examples), unit='example', desc='decoding', leave=False, dynamic_ncols=True,
                disable=not progress or len(examples) <= batch_size)
-    t0 = time.time()
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i:i + batch_size]
-        x = torch.from_numpy(np.stack([task.encode(p)[0] for p, _ in chunk])).to(device)
-        with autocast(device, dtype):
-            out, stats = fn(model, x, gen=gen, **decoder)
-        answers += [task.decode_answer(row) for row in out.cpu().numpy()]
-        nfe += float(stats['nfe'].sum()); positions += float(stats['positions'].sum())
-        bar.update(len(chunk))
+    t0, stopped = time.time(), False
+    try:
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i:i + batch_size]
+            x = torch.from_numpy(np.stack([task.encode(p)[0] for p, _ in chunk])).to(device)
+            with autocast(device, dtype):
+                out, stats = fn(model, x, gen=gen, **decoder)
+            answers += [task.decode_answer(row) for row in out.cpu().numpy()]
+            nfe += float(stats['nfe'].sum()); positions += float(stats['positions'].sum())
+            bar.update(len(chunk))
+    except KeyboardInterrupt:
+        if not stoppable: raise
+        stopped, examples = True, examples[:len(answers)]       # the batch under way is dropped
     seconds = time.time() - t0
     bar.close()
     model.train(was_training)
@@ -536,6 +541,7 @@ def evaluate(model, task, examples, attn, decoder=None, batch_size=256, device='
     result = dict(accuracy=sum(valid) / n, n=len(examples), nfe_per_sample=nfe / n,
                   positions_per_sample=positions / n, seconds=seconds, seconds_per_sample=seconds / n,
                   method=method, **decoder)
+    if stopped: result['stopped'] = True
     if return_answers:
         result['answers'], result['valid'] = answers, valid
     return result
@@ -732,10 +738,12 @@ def main(argv):
         if cfg.show:
             return show(model, task, examples[0][0], ckpt['attn'], decoder, device)
         result = evaluate(model, task, examples, ckpt['attn'], decoder, cfg.batch_size, device, dtype,
-                          cfg.seed, return_answers=True, progress=True)
+                          cfg.seed, return_answers=True, progress=True, stoppable=True)
     except ValueError as e:       # settings the decoder itself refuses (e.g. a threshold in random order)
         raise SystemExit(f'error: {e}')
     answers, valid = result.pop('answers'), result.pop('valid')
+    if result.get('stopped') and not answers:
+        raise SystemExit('stopped by Ctrl-C before the first batch was decoded: nothing written')
     if cfg.output:
         write_examples(task, cfg.output, [(p, a) for (p, _), a in zip(examples, answers)])
         print(f'wrote {len(answers)} answers to {cfg.output}')
@@ -744,6 +752,9 @@ def main(argv):
           f'{result["nfe_per_sample"]:.1f} forward passes and {result["positions_per_sample"]:.0f} positions '
           f'per sample, {result["seconds"]:.1f}s')
     print(json.dumps(dict(result, ckpt=cfg.ckpt, task=task.config())))
+    if result.get('stopped'):          # Ctrl-C: the batches decoded before it are kept and scored
+        raise SystemExit(f'stopped by Ctrl-C after {len(answers)} of {len(examples)} examples: '
+                         f'{"the answers written and " if cfg.output else ""}the numbers above are of those {len(answers)}')
 
 
 if __name__ == '__main__':

@@ -322,6 +322,35 @@ def test_file_input_is_solved_and_written_in_the_same_format(trained_semi_causal
     assert out.read_text().splitlines() == lines[:3]             # nothing written by a refused run
 
 
+def test_ctrl_c_keeps_the_answers_of_the_batches_decoded_before_it(trained_semi_causal, tmp_path, monkeypatch,
+                                                                    capsys):
+    """A long decode stopped by Ctrl-C writes and scores the batches finished before it (the
+    same answers a whole run gives them) and says so. Was: every answer lost to a traceback."""
+    src, out = tmp_path / 'puzzles.txt', tmp_path / 'answers.txt'
+    src.write_text(''.join(f'{p},{a}\n' for p, a in generate(TASK, 20, seed=9, workers=1)))
+    args = [f'--ckpt={trained_semi_causal}/out/ckpt.pt', f'--input={src}', f'--output={out}', '--batch_size=8']
+    sample.main(args)
+    whole = out.read_text().splitlines()
+    decode, defaults = sample.DECODERS['latent']
+    for cut, written in ((3, 16), (1, 0)):         # Ctrl-C in the 3rd batch, then in the 1st
+        calls = []
+        def decode_then_ctrl_c(*a, **k):
+            calls.append(1)
+            if len(calls) == cut: raise KeyboardInterrupt
+            return decode(*a, **k)
+        monkeypatch.setitem(sample.DECODERS, 'latent', (decode_then_ctrl_c, defaults))
+        capsys.readouterr()
+        stopped = (f'after 16 of 20 examples: the answers written and the numbers above are of those 16' if written
+                   else 'before the first batch was decoded: nothing written')
+        with pytest.raises(SystemExit, match=f'stopped by Ctrl-C {stopped}'):
+            sample.main(args)
+        assert out.read_text().splitlines() == whole[:written or 16]   # the 1st: the 16 of before, untouched
+        if written:
+            result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+            assert result['n'] == 16 and result['stopped'] is True
+            assert result['accuracy'] == sum(TASK.verify(*line.split(',')) for line in whole[:16]) / 16
+
+
 def test_decoder_defaults_to_the_checkpoint_and_rejects_settings_that_do_not_apply():
     from sample import SampleConfig, decoder_for, default_decoder
     scdm = dict(attn='semi_causal', decoder=default_decoder('semi_causal'))
