@@ -575,6 +575,9 @@ def check_lists(cfg):
         items = getattr(cfg, key)
         if items and not all(usable(parse_value(v)) for v in items.split(',')):
             raise SystemExit(f'error: --{key} must be a comma-separated list of {what}, got {items!r}')
+    seeds = cfg.seeds.split(',')
+    if not cfg.seeds or len(set(map(int, seeds))) < len(seeds):     # a seed twice would count twice in the means
+        raise SystemExit(f'error: --seeds must name at least one seed, each once, got {cfg.seeds!r}')
     if cfg.n < 1:
         raise SystemExit(f'error: --n must be at least 1, got {cfg.n}')
     if cfg.processes < 1:

@@ -144,6 +144,8 @@ def test_fuzzed_malformed_9x9_lines_are_reported_never_a_traceback(tmp_path):
     ('sample', ['--n_candidates=1.5'], "bad value '1.5' for n_candidates (expected int)"),   # was: decoded
     ('reproduce', ['--seeds=0,a'], "--seeds must be a comma-separated list of integers, got '0,a'"),
     ('reproduce', ['--seeds=0,1.5'], "--seeds must be a comma-separated list of integers, got '0,1.5'"),
+    ('reproduce', ['--scale=smoke', '--seeds='], "--seeds must name at least one seed, each once, got ''"),
+    ('reproduce', ['--scale=smoke', '--seeds=0,1,00'], "--seeds must name at least one seed, each once, got '0,1,00'"),
     ('reproduce', ['--sweep_latent=0,x', '--ckpt=x.pt'], "list of counts >= 0 or 'all'"),
     ('reproduce', ['--sweep_threshold=0,1.5', '--ckpt=x.pt'], 'list of numbers between 0 and 1'),
     ('reproduce', ['--ckpt=x.pt'], 'a --scale=cpu run does not use --ckpt'),          # was: ran the cpu scale
