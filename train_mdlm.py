@@ -298,6 +298,12 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
     eval_model = ema_model or model
     ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
     step, history = 0, []
+    # A fresh run into a folder holding a checkpoint: that earlier run is kept, once, as ckpt.prev.pt
+    # when this run first saves (at its first evaluation, or on Ctrl-C), not lost to a rerun.
+    earlier = [os.path.join(cfg.out_dir, 'ckpt.prev.pt')] if not cfg.resume and os.path.exists(ckpt_path) else []
+    if earlier and not quiet:
+        print(f'{ckpt_path} holds an earlier run: this run keeps it as {earlier[0]} when it first saves '
+              '(--resume continues it instead)')
     if cfg.resume:
         _, ckpt = load_checkpoint(ckpt_path, device)
         if ckpt['model_config'] != dataclasses.asdict(model_cfg) or ckpt['task_config'] != task.config():
@@ -335,6 +341,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
                      optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step, history=history,
                      metrics=metrics, rng=rng)
         if ema_model is not None: state['raw_model'] = model.state_dict()
+        if earlier: os.replace(ckpt_path, earlier.pop())
         save_checkpoint(ckpt_path, **state)
 
     # Ctrl-C: the step under way finishes (one cut in half would leave weights no run has), then a

@@ -115,6 +115,21 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
         assert torch.equal(sa['exp_avg'], sb['exp_avg']) and torch.equal(sa['exp_avg_sq'], sb['exp_avg_sq'])
 
 
+def test_a_fresh_run_keeps_the_checkpoint_it_replaces_as_ckpt_prev(tmp_path, capsys):
+    """Training again into a folder that holds a checkpoint (without --resume) keeps the earlier
+    run as ckpt.prev.pt, moved when the new run first saves. Was: replaced, lost."""
+    first = tiny(tmp_path, max_iters=4, eval_interval=4, eval_n=4)
+    train(first)
+    earlier = (tmp_path / 'out' / 'ckpt.pt').read_bytes()
+    capsys.readouterr()
+    train(dataclasses.replace(first, max_iters=6, eval_interval=6))
+    assert 'holds an earlier run: this run keeps it as' in capsys.readouterr().out
+    assert (tmp_path / 'out' / 'ckpt.prev.pt').read_bytes() == earlier
+    assert load_checkpoint(f'{tmp_path}/out/ckpt.pt')[1]['step'] == 6
+    train(dataclasses.replace(first, max_iters=8, eval_interval=8, resume=True))   # resuming replaces nothing
+    assert (tmp_path / 'out' / 'ckpt.prev.pt').read_bytes() == earlier
+
+
 def test_evaluating_changes_nothing_in_training(tmp_path):
     """Validation draws its batches and noise from its own generator: a run evaluated every 5
     steps ends with the weights of one evaluated only at the end."""
