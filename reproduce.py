@@ -171,7 +171,8 @@ def train_model(c, quiet=False):
     try:
         path = train(c, *(objective(c) if isinstance(c, ARConfig) else ()), quiet=quiet, same_settings=True)[1]
     except Stopped as e:                # Ctrl-C: here the way to continue is to rerun, not --resume
-        raise Stopped(f'{str(e).split(":")[0]}: {c.out_dir}/ckpt.pt holds it; {CONTINUE}') from None
+        when = str(e).split(':')[0]     # 'stopped by Ctrl-C after step N of M'
+        raise Stopped(f'{when}: {c.out_dir}/ckpt.pt holds it; {CONTINUE}') from None
     return path, (time.time() - t) / 60
 
 
