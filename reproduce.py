@@ -207,7 +207,11 @@ def train_side_by_side(models, processes):
                     key = waiting.pop(0)
                     running[pool.submit(train_model, models[key], True)] = key
                 for f in wait(running, return_when=FIRST_COMPLETED).done:
-                    results[running.pop(f)] = f.result()
+                    (name, seed), error = running.pop(f), f.exception()
+                    if error is not None and running:      # raised below, once the others end
+                        tqdm.write(f'{name} seed {seed} failed: waiting for the {len(running)} other model(s) in '
+                                   'training to end (Ctrl-C stops them with a checkpoint)', file=sys.stderr)
+                    results[name, seed] = f.result()
                     bar.update()
         except KeyboardInterrupt:
             # Ctrl-C in a terminal reaches every process: the models in training finish their

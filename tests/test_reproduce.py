@@ -207,7 +207,7 @@ def test_a_scale_without_diffusion_models_runs_c3_only_and_keeps_finished_seeds(
     assert (out / 'ckpt' / 'AR_seed0' / 'ckpt.pt').read_bytes() == before
 
 
-def test_models_trained_side_by_side_are_the_models_a_run_of_one_at_a_time_trains(tmp_path, monkeypatch):
+def test_models_trained_side_by_side_are_the_models_a_run_of_one_at_a_time_trains(tmp_path, monkeypatch, capsys):
     """--processes=2: each model is trained in a worker process with the settings, data and seed
     of a run that trains one model at a time, and the run then only evaluates it. Both runs use
     one thread a model here: PyTorch's CPU matrix products may sum in an order that depends on
@@ -235,11 +235,12 @@ def test_models_trained_side_by_side_are_the_models_a_run_of_one_at_a_time_train
     assert set(summary['training_minutes_per_seed']) == {'SIDM', 'SCDM', 'AR'}
     assert 0 < summary['side_by_side_minutes'] <= summary['wall_clock_minutes']
     assert 'Trained 2 models at a time first' in (tmp_path / 'two' / 'table.md').read_text()
-    # a model that fails in its worker stops the run with the worker's own error
+    # a model that fails in its worker stops the run with the worker's own error, after saying why it waits
     (tmp_path / 'three' / 'ckpt').mkdir(parents=True)
     (tmp_path / 'three' / 'ckpt' / 'AR_seed0').write_text('a file where a checkpoint folder goes')
     with pytest.raises(SystemExit, match='AR_seed0.* cannot hold checkpoints'):
         reproduce.main(['--scale=tiny', '--seeds=0', '--out=three', '--processes=2'])
+    assert 'AR seed 0 failed: waiting for the 1 other model(s) in training to end' in capsys.readouterr().err
 
 
 def test_processes_are_refused_off_a_cpu_before_any_work(tmp_path, monkeypatch):
