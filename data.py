@@ -8,8 +8,9 @@ content-disjoint train/val/test splits cached on disk, and the command line.
     python data.py --task=zebra --show --n=1
     python data.py --bench                                        # examples generated per second
 """
-import bz2, csv, gzip, hashlib, io, json, lzma, math, os, re, sys, tempfile, time, zipfile, zlib
+import bz2, csv, gzip, hashlib, io, json, lzma, math, os, re, signal, sys, tempfile, threading, time, zipfile, zlib
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 import numpy as np
@@ -198,6 +199,21 @@ def write_examples(task, path, examples):
 # ----------------------------------------------------------------------------------------------
 # Generation, splits and the on-disk cache
 
+@contextmanager
+def ctrl_c_ignored():
+    """Processes started inside start with Ctrl-C ignored (an ignored signal stays ignored in a new
+    program, and Python then leaves it so), for good: the process that started them takes Ctrl-C
+    and stops them, with one message, not a traceback from each (even one still importing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield                    # signals can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _generate_chunk(args):
     config, seed, chunk, count, split = args
     task = get_task(**config)
@@ -220,12 +236,18 @@ def generate(task, count, seed=0, split='train', workers=None, chunk_size=512, p
     if workers is None:          # small requests are faster in-process than starting workers
         workers = os.cpu_count() if len(jobs) > 4 else 1
     workers = min(workers, len(jobs))
-    if workers > 1:              # 'spawn': forking a process that already runs torch threads can hang
-        with get_context('spawn').Pool(workers) as pool:     # imap keeps the chunks in order
-            chunks = list(tqdm(pool.imap(_generate_chunk, jobs), total=len(jobs), unit='chunk', leave=False,
-                               desc=f'generating {count} {task.name} {split} examples', disable=not progress))
-    else:
-        chunks = [_generate_chunk(j) for j in jobs]
+    try:
+        if workers > 1:          # 'spawn': forking a process that already runs torch threads can hang
+            with ctrl_c_ignored():
+                pool = get_context('spawn').Pool(workers)
+            with pool:           # imap keeps the chunks in order
+                chunks = list(tqdm(pool.imap(_generate_chunk, jobs), total=len(jobs), unit='chunk', leave=False,
+                                   desc=f'generating {count} {task.name} {split} examples', disable=not progress))
+        else:
+            chunks = [_generate_chunk(j) for j in jobs]
+    except KeyboardInterrupt:
+        raise SystemExit(f'stopped by Ctrl-C while generating {count} {task.name} {split} examples: '
+                         'nothing was written') from None
     return [ex for c in chunks for ex in c]
 
 def make_splits(task, n_train, n_val, n_test, seed=0, progress=False):

@@ -35,7 +35,7 @@ model must be right about whatever cell it is handed. 'top_prob' decodes the mos
 8 random candidate cells (the same rule for MDM, SIDM and the semi-causal model): on small grids
 it lets even an independent model steer around the hard cells, so it flatters SIDM.
 """
-import dataclasses, json, math, multiprocessing, os, platform, re, signal, statistics, sys, textwrap, time
+import dataclasses, json, math, multiprocessing, os, platform, re, statistics, sys, textwrap, time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 import torch
 from tqdm import tqdm
@@ -46,7 +46,7 @@ from tasks import MASK, get_task
 from train_ar_mtp import ARConfig, objective
 from train_mdlm import Stopped, TrainConfig, load_data, train
 from configurator import changed_settings, parse_settings, parse_value, refuse_unused
-from data import check_writable, paired_difference
+from data import check_writable, ctrl_c_ignored, paired_difference
 from utils import load_checkpoint, pick_device
 
 # C3 models: name -> the settings that differ (train_ar_mtp.objective turns them into loss,
@@ -197,15 +197,17 @@ def train_side_by_side(models, processes):
     waiting, running, results = sorted(models, key=lambda k: -cost[k]), {}, {}
     # 'spawn': a process forked from one whose torch threads are running can hang. Models are
     # handed out one at a time as workers free up (not queued ahead), so that after Ctrl-C or an
-    # error no other model starts.
+    # error no other model starts. Workers are started (by submit) with Ctrl-C ignored: train()
+    # takes it over while training, to save a checkpoint before stopping.
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context('spawn'),
-                             initializer=start_worker, initargs=(threads,)) as pool, \
+                             initializer=torch.set_num_threads, initargs=(threads,)) as pool, \
             tqdm(total=len(models), desc=f'training, {processes} models at a time') as bar:
         try:
             while waiting or running:
                 while waiting and len(running) < processes:
                     key = waiting.pop(0)
-                    running[pool.submit(train_model, models[key], True)] = key
+                    with ctrl_c_ignored():
+                        running[pool.submit(train_model, models[key], True)] = key
                 for f in wait(running, return_when=FIRST_COMPLETED).done:
                     (name, seed), error = running.pop(f), f.exception()
                     if error is not None and running:      # raised below, once the others end
@@ -228,13 +230,6 @@ def train_side_by_side(models, processes):
                 (('trained', list(results)), ('stopped with a checkpoint', stopped), ('failed', failed),
                  ('not started', waiting)) if keys) + f'; {CONTINUE}') from None
     return results                     # (a worker's error is raised at once: no other model starts)
-
-
-def start_worker(threads):
-    """A training process of --processes: its share of the cores, and Ctrl-C ignored while it waits
-    for a model (train() takes Ctrl-C over while training, to save a checkpoint before stopping)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(threads)
 
 
 @dataclasses.dataclass

@@ -1,5 +1,5 @@
 """tasks.py and data.py: generators verify, corruptions are rejected, formats round-trip, splits are disjoint."""
-import bz2, gzip, io, json, lzma, subprocess, sys, zipfile
+import bz2, gzip, io, json, lzma, os, signal, subprocess, sys, zipfile
 import numpy as np
 import pytest
 from data import TaskFormatError, generate, load_splits, make_splits, paired_difference, read_examples, write_examples
@@ -369,6 +369,23 @@ def test_malformed_lines_name_file_and_line(name, options, bad, tmp_path):
         read_examples(task, str(path))
     examples, errors = read_examples(task, str(path), skip_bad=True)
     assert len(examples) == 2 and len(errors) == 1 and ':2:' in errors[0]
+
+
+@pytest.mark.slow      # real processes and a real Ctrl-C: about 5 s
+def test_ctrl_c_while_generating_on_all_cores_is_one_message(tmp_path):
+    """Ctrl-C reaches data.py and its generating processes (a terminal signals them all), some still
+    starting: one line says nothing was written. Was: a traceback from every process."""
+    run = subprocess.Popen([sys.executable, 'data.py', '--task=sudoku', '--size=9', '--n=200000',
+                            f'--out={tmp_path}/big.txt'], stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = ''
+    while 'generating' not in seen and run.poll() is None:     # the bar: the processes are starting
+        seen += run.stderr.read(1)
+    os.killpg(run.pid, signal.SIGINT)
+    err = seen + run.communicate(timeout=60)[1]
+    assert run.returncode == 1 and 'Traceback' not in err, err[-3000:]
+    assert err.strip().endswith('stopped by Ctrl-C while generating 200000 sudoku train examples: nothing was written')
+    assert not list(tmp_path.iterdir())
 
 
 def test_cli_check_last_line_is_json(tmp_path):
