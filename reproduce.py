@@ -285,7 +285,7 @@ def decode_both_orders(model, ckpt, task, examples, device):
     commit order: C1's rows, and the dial's MDM/SIDM reference rows (decoded once, used twice)."""
     method = ckpt['decoder']['method']
     return {order: evaluate(model, task, examples, ckpt['attn'], dict(DECODERS[method][1], method=method, **rule),
-                            device=device) for order, rule in ORDERS.items()}
+                            device=device, progress=True) for order, rule in ORDERS.items()}
 
 
 def sweep_latent(model, ckpt, task, examples, ks, refs, prefix, device):
@@ -305,7 +305,8 @@ def sweep_latent(model, ckpt, task, examples, ks, refs, prefix, device):
             front = dec['tokens_per_step'] if order == 'random' else dec['n_candidates']
             n_latent = 'all' if k == 'all' or (front > 0 and int(k) >= most_masked - front) else int(k)
             if n_latent not in decoded:
-                decoded[n_latent] = evaluate(model, task, examples, ckpt['attn'], dict(dec, n_latent=n_latent), device=device)
+                decoded[n_latent] = evaluate(model, task, examples, ckpt['attn'], dict(dec, n_latent=n_latent),
+                                             device=device, progress=True)
             r = decoded[n_latent]
             rows.append(dict(order=order, k=k, **{c: r[c] for c in COST_COLUMNS}))
             print(f'{order:8s} k={k:>4}: accuracy {r["accuracy"]:.1%}, {r["positions_per_sample"]:.0f} positions/puzzle')
@@ -359,7 +360,8 @@ def sweep_threshold(model, ckpt, taus, task, examples, prefix, device):
     <prefix>.csv/.png: accuracy against forward passes per puzzle; tau = 0 is one token per pass."""
     rows = []
     for tau in taus.split(','):
-        r = evaluate(model, task, examples, ckpt['attn'], dict(ckpt['decoder'], threshold=float(tau)), device=device)
+        r = evaluate(model, task, examples, ckpt['attn'], dict(ckpt['decoder'], threshold=float(tau)), device=device,
+                     progress=True)
         rows.append(dict(threshold=float(tau), **{c: r[c] for c in COST_COLUMNS}))
         print(f'threshold {tau:>5}: accuracy {r["accuracy"]:.1%}, {r["nfe_per_sample"]:.1f} passes/puzzle '
               f'({rows[0]["nfe_per_sample"] / r["nfe_per_sample"]:.2f}x fewer than tau={rows[0]["threshold"]:g})')
