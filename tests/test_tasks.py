@@ -371,6 +371,21 @@ def test_malformed_lines_name_file_and_line(name, options, bad, tmp_path):
     assert len(examples) == 2 and len(errors) == 1 and ':2:' in errors[0]
 
 
+def test_processes_started_inside_ctrl_c_ignored_ignore_ctrl_c_and_this_one_takes_it_back():
+    """What generate() and reproduce.py's --processes rely on to take Ctrl-C in one process only
+    (the whole story, with real Ctrl-C, in the slow tests)."""
+    from data import ctrl_c_ignored
+    ask = [sys.executable, '-c', 'import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)']
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal (a shell's
+    try:                                                                   # background job ignores it)
+        with ctrl_c_ignored():
+            assert subprocess.run(ask, capture_output=True, text=True).stdout.strip() == 'True'
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert subprocess.run(ask, capture_output=True, text=True).stdout.strip() == 'False'   # started outside it
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.slow      # real processes and a real Ctrl-C: about 5 s
 def test_ctrl_c_while_generating_on_all_cores_is_one_message(tmp_path):
     """Ctrl-C reaches data.py and its generating processes (a terminal signals them all), some still
