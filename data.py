@@ -200,14 +200,15 @@ def write_examples(task, path, examples):
 # Generation, splits and the on-disk cache
 
 @contextmanager
-def ctrl_c_ignored():
-    """Processes started inside start with Ctrl-C ignored (an ignored signal stays ignored in a new
-    program, and Python then leaves it so), for good: the process that started them takes Ctrl-C
-    and stops them, with one message, not a traceback from each (even one still importing)."""
+def on_ctrl_c(handler):
+    """Ctrl-C (SIGINT) goes to `handler` inside the block, and as before after it. With
+    signal.SIG_IGN, processes started inside ignore Ctrl-C for good (an ignored signal stays ignored
+    in a new program, and Python then leaves it so): the process that started them takes it and
+    stops them, with one message, not a traceback from each (even one still importing)."""
     if threading.current_thread() is not threading.main_thread():
         yield                    # signals can only be set from the main thread
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.signal(signal.SIGINT, handler)
     try:
         yield
     finally:
@@ -238,7 +239,7 @@ def generate(task, count, seed=0, split='train', workers=None, chunk_size=512, p
     workers = min(workers, len(jobs))
     try:
         if workers > 1:          # 'spawn': forking a process that already runs torch threads can hang
-            with ctrl_c_ignored():
+            with on_ctrl_c(signal.SIG_IGN):
                 pool = get_context('spawn').Pool(workers)
             with pool:           # imap keeps the chunks in order
                 chunks = list(tqdm(pool.imap(_generate_chunk, jobs), total=len(jobs), unit='chunk', leave=False,

@@ -35,7 +35,7 @@ model must be right about whatever cell it is handed. 'top_prob' decodes the mos
 8 random candidate cells (the same rule for MDM, SIDM and the semi-causal model): on small grids
 it lets even an independent model steer around the hard cells, so it flatters SIDM.
 """
-import dataclasses, json, math, multiprocessing, os, platform, re, statistics, sys, textwrap, time
+import dataclasses, json, math, multiprocessing, os, platform, re, signal, statistics, sys, textwrap, time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 import torch
 from tqdm import tqdm
@@ -46,7 +46,7 @@ from tasks import MASK, get_task
 from train_ar_mtp import ARConfig, objective
 from train_mdlm import Stopped, TrainConfig, load_data, train
 from configurator import changed_settings, parse_settings, parse_value, refuse_unused
-from data import check_writable, ctrl_c_ignored, paired_difference
+from data import check_writable, on_ctrl_c, paired_difference
 from utils import load_checkpoint, pick_device
 
 # C3 models: name -> the settings that differ (train_ar_mtp.objective turns them into loss,
@@ -206,7 +206,7 @@ def train_side_by_side(models, processes):
             while waiting or running:
                 while waiting and len(running) < processes:
                     key = waiting.pop(0)
-                    with ctrl_c_ignored():
+                    with on_ctrl_c(signal.SIG_IGN):
                         running[pool.submit(train_model, models[key], True)] = key
                 for f in wait(running, return_when=FIRST_COMPLETED).done:
                     (name, seed), error = running.pop(f), f.exception()
@@ -652,8 +652,8 @@ def main(argv):
     # where the time goes (written to summary.json as it is)
     timing = dict(wall_clock_minutes=0.0, minutes_per_seed=[], training_minutes_per_seed={}, resumed_checkpoints=[])
     models = {(name, seed): c for seed in seeds for name, c in scale_models(scale, seed, cfg.out, cfg.device).items()}
-    continued = {key for key, c in models.items() if os.path.exists(f'{c.out_dir}/ckpt.pt')}
-    models = {key: dataclasses.replace(c, resume=key in continued) for key, c in models.items()}
+    # a checkpoint on disk is continued (and a finished one only evaluated)
+    models = {key: dataclasses.replace(c, resume=os.path.exists(f'{c.out_dir}/ckpt.pt')) for key, c in models.items()}
     trained = {}                       # (name, seed) -> (checkpoint, minutes) of the models trained side by side
     if cfg.processes > 1:
         # continued models too: one stopped by Ctrl-C goes on with the thread count it began with
@@ -670,7 +670,7 @@ def main(argv):
             # trained above, side by side, or now
             path, minutes = trained.get((name, seed)) or train_model(models[name, seed], quiet=cfg.scale == 'smoke')
             model, ck = load_checkpoint(path, device)
-            if (name, seed) in continued:
+            if models[name, seed].resume:
                 timing['resumed_checkpoints'].append(f'{name} seed {seed}')
             else:
                 timing['training_minutes_per_seed'].setdefault(name, []).append(minutes)

@@ -14,7 +14,8 @@ this loop with its own loss.
     python train_mdlm.py --bench                           # training tokens/s against a plain GPT
     torchrun --standalone --nproc_per_node=2 train_mdlm.py # data-parallel, one process per device
 """
-import copy, dataclasses, math, os, signal, statistics, sys, threading, time
+import copy, dataclasses, math, os, statistics, sys, time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
@@ -22,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 from model import ATTNS, INIT_STD, ModelConfig, Transformer, attend, attention_mask
 from sample import ATTN_METHOD, default_decoder, evaluate
-from data import check_writable, load_splits
+from data import check_writable, load_splits, on_ctrl_c
 from tasks import MASK, TASKS, get_task, task_options
 from configurator import parse_settings, refuse_unused
 from utils import autocast, load_checkpoint, resolve_system, save_checkpoint
@@ -352,9 +353,7 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
         if stop: raise KeyboardInterrupt
         stop.append(True)
         tqdm.write('Ctrl-C: stopping after this step, with a checkpoint (Ctrl-C again: stop now, unsaved)')
-    catch = world == 1 and threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, interrupted) if catch else None
-    try:
+    with on_ctrl_c(interrupted) if world == 1 else nullcontext():
         for step in bar:
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups: group['lr'] = lr
@@ -422,8 +421,6 @@ def train(cfg, loss_fn=diffusion_loss, attn=None, decoder=None, quiet=False, sam
                                  '(its weights, optimizer and random states); the same command with --resume '
                                  'continues exactly')
         bar.close()
-    finally:
-        if catch: signal.signal(signal.SIGINT, previous)
     if world > 1:                                       # every rank returns rank 0's metrics
         shared = [metrics]
         dist.broadcast_object_list(shared, src=0)

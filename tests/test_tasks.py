@@ -371,14 +371,14 @@ def test_malformed_lines_name_file_and_line(name, options, bad, tmp_path):
     assert len(examples) == 2 and len(errors) == 1 and ':2:' in errors[0]
 
 
-def test_processes_started_inside_ctrl_c_ignored_ignore_ctrl_c_and_this_one_takes_it_back():
+def test_processes_started_while_ctrl_c_is_ignored_ignore_it_and_this_one_takes_it_back():
     """What generate() and reproduce.py's --processes rely on to take Ctrl-C in one process only
     (the whole story, with real Ctrl-C, in the slow tests)."""
-    from data import ctrl_c_ignored
+    from data import on_ctrl_c
     ask = [sys.executable, '-c', 'import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)']
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal (a shell's
     try:                                                                   # background job ignores it)
-        with ctrl_c_ignored():
+        with on_ctrl_c(signal.SIG_IGN):
             assert subprocess.run(ask, capture_output=True, text=True).stdout.strip() == 'True'
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         assert subprocess.run(ask, capture_output=True, text=True).stdout.strip() == 'False'   # started outside it
